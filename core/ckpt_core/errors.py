@@ -1,0 +1,78 @@
+"""The errors ckpt-core reports, one class per kind, each with its own exit code.
+
+The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``. Messages say
+what went wrong, with which file, and what to do. Exit code 1 is kept for ``diff`` finding
+differences.
+"""
+
+from __future__ import annotations
+
+
+class CkptError(Exception):
+    """Base of every error ckpt-core reports to a user."""
+
+    exit_code = 2
+    kind = "error"
+
+
+class UsageError(CkptError):
+    """The command or call was given wrong arguments or options."""
+
+    exit_code = 2
+    kind = "usage"
+
+
+class NotFound(CkptError):
+    """A path, format, checkpoint or tensor that was named does not exist."""
+
+    exit_code = 3
+    kind = "not-found"
+
+
+class UnknownFormat(CkptError):
+    """No installed format recognises the input (or the named format is not installed)."""
+
+    exit_code = 4
+    kind = "unknown-format"
+
+
+class CorruptInput(CkptError):
+    """The input is damaged or malformed: a bad header, truncated data, inconsistent shapes."""
+
+    exit_code = 5
+    kind = "corrupt-input"
+
+
+class UnsafeInput(CkptError):
+    """The input would need code execution or escapes its directory (pickle globals, ``..``)."""
+
+    exit_code = 6
+    kind = "unsafe-input"
+
+
+class LossyConversion(CkptError):
+    """The conversion would drop or change something; nothing was written.
+
+    ``losses`` lists what would be lost, each with the flag or option that allows it.
+    """
+
+    exit_code = 7
+    kind = "lossy-conversion"
+
+    def __init__(self, message: str, losses: list | None = None):
+        super().__init__(message)
+        self.losses = losses or []
+
+
+class DestinationExists(CkptError):
+    """The destination exists and ``overwrite`` was not given."""
+
+    exit_code = 8
+    kind = "destination-exists"
+
+
+class PluginError(CkptError):
+    """A plugin failed in a way it did not report itself (a bug in the plugin)."""
+
+    exit_code = 9
+    kind = "plugin-error"

@@ -1,0 +1,1 @@
+"""The formats built into the core: ``canonical`` (lossless reference) and ``safetensors``."""

@@ -1,0 +1,197 @@
+"""The ``canonical`` format: ckpt-core's own directory, which holds any checkpoint exactly.
+
+    out/
+      manifest.json               format version, arch, tensors (file, key, dtype, shape,
+                                  checksum), ties, kv_sharing, adapters, trainable,
+                                  train_state, layout, extra
+      model.safetensors           the tensors and adapter matrices (or model-0000k-of-0000n)
+      state.safetensors           tensors inside train state, arch, layout and extra
+
+It is the reference every plugin round-trips through: nothing is dropped, every tensor is
+stored once with its checksum, and the manifest is plain JSON a person can read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .. import safetensors_io, tree
+from ..errors import CorruptInput
+from ..hookspecs import hookimpl
+from ..model import CAPABILITIES, Adapter, Arch, Checkpoint, Detection, FormatSpec, Layout, OptimizerState, TrainState
+from ..tensor import Tensor
+
+NAME = "canonical"
+MAGIC = "ckpt-core-canonical"
+VERSION = 1
+MANIFEST = "manifest.json"
+STATE_FILE = "state.safetensors"
+ADAPTER_KEYS = ("::lora_a", "::lora_b")
+
+SPEC = FormatSpec(
+    name=NAME,
+    description="ckpt-core's lossless directory: safetensors shards + manifest.json",
+    capabilities=frozenset(CAPABILITIES),
+    patterns=(MANIFEST, "model*.safetensors", STATE_FILE),
+    options={
+        "max_shard_size": "largest shard when writing, as 5GB (decimal) or 4GiB; default 5GB",
+        "verify": "true: check every tensor's checksum while reading (reads all data)",
+    },
+)
+
+
+@hookimpl
+def ckpt_formats():
+    return [SPEC]
+
+
+@hookimpl
+def detect(path: Path):
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        head = json.loads(manifest.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError):
+        return Detection(NAME, 0.3, f"{MANIFEST} is not valid JSON", path)
+    if isinstance(head, dict) and head.get("format") == MAGIC:
+        return Detection(NAME, 1.0, f"{MANIFEST} says {MAGIC} version {head.get('version')}", path)
+    return None
+
+
+@hookimpl
+def to_canonical(path: Path, format: str, options: dict[str, Any]):
+    if format != NAME:
+        return None
+    return read(path, verify=bool(options.get("verify", False)))
+
+
+@hookimpl
+def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dict[str, Any]):
+    if format != NAME:
+        return None
+    write(checkpoint, path, max_shard_size=options.get("max_shard_size", "5GB"))
+    return True
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+def write(ck: Checkpoint, path: Path, max_shard_size: int | str = "5GB") -> None:
+    """Write ``ck`` as a canonical directory at ``path`` (which must not exist)."""
+    path.mkdir()
+    stored: dict[str, Tensor] = dict(ck.tensors)
+    adapters = {}
+    for base, ad in ck.adapters.items():
+        keys = [base + suffix for suffix in ADAPTER_KEYS]
+        if any(k in stored for k in keys):
+            raise CorruptInput(f"tensor names clash with the adapter keys of {base!r}")
+        stored.update(zip(keys, (ad.a, ad.b)))
+        adapters[base] = {"a": keys[0], "b": keys[1], "alpha": ad.alpha, "scaling": ad.scaling, "kind": ad.kind}
+    weight_map, sums = safetensors_io.write_sharded(path, stored, max_shard_size, checksums=True, index=False)
+
+    state_tree, state_tensors = tree.encode({
+        "arch_params": ck.arch.params,
+        "train_state": _train_state_tree(ck.train_state),
+        "layout_facts": ck.layout.facts,
+        "extra": ck.extra,
+    })
+    if state_tensors:
+        sums.update(safetensors_io.write_file(path / STATE_FILE, state_tensors, checksums=True))
+
+    def entry(key: str, t: Tensor, file: str) -> dict:
+        return {"file": file, "key": key, "dtype": t.dtype, "shape": list(t.shape), "checksum": sums[key]}
+
+    manifest = {
+        "format": MAGIC,
+        "version": VERSION,
+        "arch": {"family": ck.arch.family, "params": state_tree["arch_params"]},
+        "tensors": {k: entry(k, t, weight_map[k]) for k, t in stored.items()},
+        "state_tensors": {k: entry(k, t, STATE_FILE) for k, t in state_tensors.items()},
+        "ties": ck.ties,
+        "kv_sharing": {str(k): v for k, v in ck.kv_sharing.items()},
+        "adapters": adapters,
+        "trainable": list(ck.trainable) if ck.trainable is not None else None,
+        "train_state": state_tree["train_state"],
+        "layout": {"format": ck.layout.format, "variant": ck.layout.variant, "facts": state_tree["layout_facts"]},
+        "extra": state_tree["extra"],
+    }
+    safetensors_io.write_bytes(path / MANIFEST, (json.dumps(manifest, indent=1, allow_nan=True) + "\n").encode())
+
+
+def _train_state_tree(ts: TrainState | None):
+    if ts is None:
+        return None
+    data = attrs.asdict(ts, recurse=False)
+    if ts.optimizer is not None:
+        data["optimizer"] = attrs.asdict(ts.optimizer, recurse=False)
+    return data
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+def read(path: Path, verify: bool = False) -> Checkpoint:
+    """The checkpoint in canonical directory ``path``; lazy unless ``verify``."""
+    manifest_path = path / MANIFEST
+    try:
+        m = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptInput(f"{manifest_path}: not valid JSON ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != MAGIC:
+        raise CorruptInput(f"{manifest_path}: not a {MAGIC} manifest")
+    if m.get("version") != VERSION:
+        raise CorruptInput(f"{manifest_path}: manifest version {m.get('version')!r}; this ckpt-core reads version {VERSION} (upgrade ckpt-core)")
+    try:
+        stored = _open_entries(path, manifest_path, m["tensors"], verify)
+        state_tensors = _open_entries(path, manifest_path, m.get("state_tensors", {}), verify)
+        adapters = {
+            base: Adapter(stored.pop(a["a"]), stored.pop(a["b"]), a["alpha"], a["scaling"], a["kind"])
+            for base, a in m["adapters"].items()
+        }
+        arch_params = tree.decode(m["arch"]["params"], state_tensors)
+        ts = _train_state(tree.decode(m["train_state"], state_tensors))
+        ck = Checkpoint(
+            arch=Arch(m["arch"]["family"], arch_params),
+            tensors=stored,
+            ties=dict(m["ties"]),
+            kv_sharing={int(k): v for k, v in m["kv_sharing"].items()},
+            adapters=adapters,
+            train_state=ts,
+            trainable=tuple(m["trainable"]) if m["trainable"] is not None else None,
+            layout=Layout(m["layout"]["format"], m["layout"]["variant"], tree.decode(m["layout"]["facts"], state_tensors)),
+            extra=tree.decode(m["extra"], state_tensors),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CorruptInput(f"{manifest_path}: malformed manifest ({type(e).__name__}: {e})") from None
+    ck.validate()
+    return ck
+
+
+def _open_entries(path: Path, manifest_path: Path, entries: dict, verify: bool) -> dict[str, Tensor]:
+    files: dict[str, dict[str, Tensor]] = {}
+    out: dict[str, Tensor] = {}
+    for name, e in entries.items():
+        file = e["file"]
+        if file not in files:
+            files[file] = safetensors_io.open_file(safetensors_io.plain_file(path, file, manifest_path))[0]
+        t = files[file].get(e["key"])
+        if t is None:
+            raise CorruptInput(f"{path / file}: no tensor {e['key']!r}, which {MANIFEST} lists")
+        if t.dtype != e["dtype"] or list(t.shape) != e["shape"]:
+            raise CorruptInput(f"{path / file}: tensor {e['key']!r} is {t.dtype} {list(t.shape)}, {MANIFEST} says {e['dtype']} {e['shape']}")
+        if verify and safetensors_io.crc32_of(t) != e["checksum"]:
+            raise CorruptInput(f"{path / file}: tensor {e['key']!r} fails its checksum (data corrupted)")
+        out[name] = t
+    return out
+
+
+def _train_state(data: dict | None) -> TrainState | None:
+    if data is None:
+        return None
+    opt = data.pop("optimizer")
+    return TrainState(**data, optimizer=OptimizerState(**opt) if opt is not None else None)

@@ -1,0 +1,145 @@
+"""The ``safetensors`` format: a bare safetensors file, or an HF-style sharded directory.
+
+What the world already has, read as a graph that keeps every name. When the names fit an
+installed family schema, the family and its hyper-parameters are recognised; otherwise the
+family is ``generic``. Writing stores ties, KV sharing and the trainable set as JSON under
+the metadata key ``ckpt_core`` (beside ``"format": "pt"``, which transformers requires), so
+a round trip through a plain file loses nothing it can hold. Adapters and training state
+it cannot hold: converting them here is refused (see ``--merge-adapters``, ``--allow-loss``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import safetensors_io, tree
+from ..errors import CorruptInput, NotFound
+from ..hookspecs import hookimpl
+from ..model import Arch, Checkpoint, Detection, FormatSpec, Layout
+
+NAME = "safetensors"
+META_KEY = "ckpt_core"
+
+SPEC = FormatSpec(
+    name=NAME,
+    description="a .safetensors file, or a directory of shards with model.safetensors.index.json",
+    capabilities=frozenset({"ties", "kv_sharing", "trainable"}),
+    patterns=("*.safetensors", "*.safetensors.index.json"),
+    options={
+        "max_shard_size": "largest shard when writing a directory, as 5GB (decimal) or 4GiB; default 5GB",
+    },
+)
+
+
+@hookimpl
+def ckpt_formats():
+    return [SPEC]
+
+
+@hookimpl
+def detect(path: Path):
+    if path.is_file():
+        try:
+            entries, metadata, _ = safetensors_io.read_header(path)
+        except CorruptInput as e:
+            if path.suffix == ".safetensors":
+                return Detection(NAME, 0.1, f"named .safetensors but unreadable: {e}", path)
+            return None
+        confidence = 0.9 if metadata and META_KEY in metadata else 0.5
+        return Detection(NAME, confidence, f"safetensors file with {len(entries)} tensors", path)
+    if path.is_dir():
+        files = _weight_files(path)
+        if not files:
+            return None
+        kind = "sharded directory with index" if safetensors_io.find_index(path) else f"directory of {len(files)} safetensors file(s)"
+        if (path / "config.json").exists():
+            return Detection(NAME, 0.2, f"{kind} with a config.json (a model-family plugin may read it better)", path)
+        return Detection(NAME, 0.4, kind, path)
+    return None
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.safetensors") if p.is_file())
+
+
+@hookimpl
+def to_canonical(path: Path, format: str, options: dict[str, Any]):
+    if format != NAME:
+        return None
+    if path.is_dir():
+        index = safetensors_io.find_index(path)
+        if index is not None:
+            tensors, index_meta = safetensors_io.open_sharded(index)
+            first = next(iter(tensors.values()), None)
+            metadata = safetensors_io.open_file(first.file_range.path)[1] if first is not None else None
+            variant = "sharded"
+        else:
+            files = _weight_files(path)
+            if len(files) != 1:
+                raise NotFound(f"{path}: {len(files)} .safetensors files and no *.safetensors.index.json to tell how they join")
+            tensors, metadata = safetensors_io.open_file(files[0])
+            variant = "directory"
+    else:
+        tensors, metadata = safetensors_io.open_file(path)
+        variant = "file"
+    metadata = dict(metadata or {})
+    stored_graph = metadata.pop(META_KEY, None)
+    layout = Layout(NAME, variant, {"metadata": metadata})
+    if stored_graph is not None:
+        return _with_graph(path, tensors, stored_graph, layout)
+    return Checkpoint(arch=_recognise(tensors), tensors=tensors, layout=layout)
+
+
+def _with_graph(path: Path, tensors, text: str, layout: Layout) -> Checkpoint:
+    try:
+        g = json.loads(text)
+        ck = Checkpoint(
+            arch=Arch(g["arch"]["family"], tree.decode(g["arch"]["params"], {})),
+            tensors=tensors,
+            ties=dict(g["ties"]),
+            kv_sharing={int(k): v for k, v in g["kv_sharing"].items()},
+            trainable=tuple(g["trainable"]) if g["trainable"] is not None else None,
+            layout=layout,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CorruptInput(f"{path}: metadata {META_KEY!r} is malformed ({type(e).__name__}: {e})") from None
+    ck.validate()
+    return ck
+
+
+def _recognise(tensors) -> Arch:
+    from ..plugins import registry  # the registry loads this module: import when used
+    from ..schema import recognise
+
+    shapes = {name: t.shape for name, t in tensors.items()}
+    schema = recognise(registry().families.values(), shapes)
+    if schema is None:
+        return Arch()
+    return Arch(schema.name, schema.derive_params(shapes))
+
+
+@hookimpl
+def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dict[str, Any]):
+    if format != NAME:
+        return None
+    arch_params, arch_tensors = tree.encode(checkpoint.arch.params)
+    if arch_tensors:
+        raise CorruptInput(f"hyper-parameters hold tensors ({next(iter(arch_tensors))}); the safetensors format cannot keep them")
+    graph = {
+        "arch": {"family": checkpoint.arch.family, "params": arch_params},
+        "ties": checkpoint.ties,
+        "kv_sharing": {str(k): v for k, v in checkpoint.kv_sharing.items()},
+        "trainable": list(checkpoint.trainable) if checkpoint.trainable is not None else None,
+    }
+    metadata = {"format": "pt"}
+    if checkpoint.layout.format == NAME:
+        metadata.update(checkpoint.layout.facts.get("metadata", {}))
+    metadata[META_KEY] = json.dumps(graph, separators=(",", ":"))
+    if path.suffix == ".safetensors":
+        safetensors_io.write_file(path, checkpoint.tensors, metadata)
+    else:
+        path.mkdir()
+        safetensors_io.write_sharded(path, checkpoint.tensors, options.get("max_shard_size", "5GB"), metadata)
+    return True

@@ -1,0 +1,229 @@
+"""The canonical model: one checkpoint, whatever format it came from.
+
+A Checkpoint is a graph of lazy tensors under canonical names (the family schema's), plus
+its edges (ties, KV sharing, adapters), its training state, and what is needed to write it
+back exactly as it came (``layout``, ``extra``). Formats translate to and from this and
+nothing else, so any format converts to any other that can hold what it has.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .dtypes import ALL_DTYPES
+from .errors import CorruptInput
+from .tensor import Tensor
+
+SCALINGS = ("alpha/rank", "alpha/sqrt(rank)", "alpha")
+
+
+@attrs.frozen
+class Arch:
+    """Model family (a schema name, or "generic") and its hyper-parameters under canonical
+    keys: ``vocab_size``, ``n_layer``, ``n_head``, ``n_kv_head``, ``d_model``, ``d_ff``, ..."""
+
+    family: str = "generic"
+    params: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(eq=False)
+class Adapter:
+    """A LoRA adapter on a base tensor W [out, in]: ``W + scale * (b @ a)``.
+
+    ``a`` is [rank, in] and ``b`` is [out, rank] whatever the format stores (formats
+    transpose lazily, which is exact). ``scaling`` says how ``alpha`` gives the scale, as the
+    format states it: ``alpha/rank`` (peft, the nanoGPT fork), ``alpha/sqrt(rank)`` (rsLoRA)
+    or ``alpha`` (moshi's ``scaling``, mlx-lm's ``scale``). ``kind`` is ``linear`` or
+    ``embedding`` (the delta changes the lookup table only, never a tied output head).
+    """
+
+    a: Tensor
+    b: Tensor
+    alpha: float
+    scaling: str = attrs.field(default="alpha/rank", validator=attrs.validators.in_(SCALINGS))
+    kind: str = attrs.field(default="linear", validator=attrs.validators.in_(("linear", "embedding")))
+
+    @property
+    def rank(self) -> int:
+        return self.a.shape[0]
+
+    @property
+    def scale(self) -> float:
+        if self.scaling == "alpha":
+            return float(self.alpha)
+        if self.rank == 0:
+            return 0.0
+        if self.scaling == "alpha/rank":
+            return self.alpha / self.rank
+        return self.alpha / math.sqrt(self.rank)
+
+
+@attrs.frozen(eq=False)
+class OptimizerState:
+    """Optimizer state keyed by canonical parameter names, never by position.
+
+    ``param_state`` maps a parameter name to its slots (``{"exp_avg": Tensor, "step": ...}``);
+    ``groups`` are the param groups' hyper-parameters, each with ``"params"``: the names in
+    the order the optimizer had them. ``resumable`` is False when the state cannot resume
+    training as it is (for example one rank's shard of a sharded optimizer).
+    """
+
+    kind: str = ""
+    param_state: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    groups: list[dict[str, Any]] = attrs.field(factory=list)
+    resumable: bool = True
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(eq=False)
+class TrainState:
+    """Where training was: everything needed to resume, read without loading weights.
+
+    Values may be plain data, tuples, bytes or Tensors (``best_metric`` is a 0-d tensor in
+    nanoGPT files); all of it is kept exactly.
+    """
+
+    step: int | None = None
+    epoch: int | None = None
+    best_metric: Any = None
+    metrics: dict[str, Any] = attrs.field(factory=dict)
+    optimizer: OptimizerState | None = None
+    scheduler: Any = None
+    rng: Any = None
+    data_position: Any = None
+    config: dict[str, Any] = attrs.field(factory=dict)
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Layout:
+    """Which format and variant a checkpoint came from, and the facts needed to write it
+    back exactly (fused or not, key prefix, shard plan, file names)."""
+
+    format: str = ""
+    variant: str = ""
+    facts: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(eq=False)
+class Checkpoint:
+    """A whole checkpoint in canonical form. Tensors are lazy; nothing here reads data.
+
+    - ``tensors``: canonical name -> Tensor, in order. A tied name is not here but in ``ties``.
+    - ``ties``: alias -> the stored name it shares storage with (``lm_head.weight`` -> ...).
+    - ``kv_sharing``: consumer layer -> producer layer whose KV cache it reuses.
+    - ``adapters``: base tensor name -> Adapter (never merged unless asked).
+    - ``trainable``: the names training updates, when the format says (None: not stated).
+    - ``extra``: format-specific fields that must survive, ``{format name: tree}``.
+    """
+
+    arch: Arch = attrs.field(factory=Arch)
+    tensors: dict[str, Tensor] = attrs.field(factory=dict)
+    ties: dict[str, str] = attrs.field(factory=dict)
+    kv_sharing: dict[int, int] = attrs.field(factory=dict)
+    adapters: dict[str, Adapter] = attrs.field(factory=dict)
+    train_state: TrainState | None = None
+    trainable: tuple[str, ...] | None = None
+    layout: Layout = attrs.field(factory=Layout)
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+    def evolve(self, **changes) -> Checkpoint:
+        return attrs.evolve(self, **changes)
+
+    def names(self) -> list[str]:
+        """Every tensor name a full state dict would have: stored ones and tied aliases."""
+        return [*self.tensors, *self.ties]
+
+    def tensor(self, name: str) -> Tensor:
+        """The tensor under ``name``, following a tie."""
+        return self.tensors[self.ties.get(name, name)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values()) + sum(
+            ad.a.nbytes + ad.b.nbytes for ad in self.adapters.values())
+
+    def validate(self) -> None:
+        """Raise CorruptInput if the graph's edges do not fit its tensors."""
+        for alias, target in self.ties.items():
+            if alias in self.tensors:
+                raise CorruptInput(f"tied name {alias!r} is also stored as a tensor")
+            if target not in self.tensors:
+                raise CorruptInput(f"tie {alias!r} -> {target!r}: no tensor {target!r}")
+        for base, ad in self.adapters.items():
+            if base not in self.tensors and base not in self.ties:
+                raise CorruptInput(f"adapter on {base!r}: no such tensor")
+            w = self.tensor(base)
+            if len(ad.a.shape) != 2 or len(ad.b.shape) != 2 or ad.b.shape[1] != ad.a.shape[0]:
+                raise CorruptInput(f"adapter on {base!r}: a {list(ad.a.shape)} and b {list(ad.b.shape)} do not chain")
+            if (ad.b.shape[0], ad.a.shape[1]) != tuple(w.shape):
+                raise CorruptInput(f"adapter on {base!r}: b @ a is {[ad.b.shape[0], ad.a.shape[1]]}, weight is {list(w.shape)}")
+        for consumer, producer in self.kv_sharing.items():
+            if not (isinstance(consumer, int) and isinstance(producer, int)):
+                raise CorruptInput(f"kv_sharing must map layer numbers to layer numbers, got {consumer!r}: {producer!r}")
+        if self.trainable is not None:
+            unknown = [n for n in self.trainable if n not in self.tensors and n not in self.ties]
+            if unknown:
+                raise CorruptInput(f"trainable names no tensor: {unknown[:3]}")
+
+
+@attrs.frozen
+class Detection:
+    """A format's claim on a path: ``confidence`` 0..1 and a one-line ``reason``."""
+
+    format: str
+    confidence: float
+    reason: str
+    path: Path | None = None
+
+
+# Capabilities a FormatSpec can declare. The core refuses a conversion that would drop one
+# of these things into a format that does not declare it.
+CAPABILITIES = ("ties", "kv_sharing", "adapters", "train_state", "optimizer_state", "trainable", "extra")
+
+
+@attrs.frozen
+class FormatSpec:
+    """What a format is and can hold. A plugin returns these from ``ckpt_formats``.
+
+    - ``families``: family names the format can hold; ``("*",)`` means any.
+    - ``capabilities``: a subset of CAPABILITIES; a checkpoint that has one of these and is
+      converted to a format without it is refused before anything is written.
+    - ``dtypes``: the dtypes the format can store.
+    - ``patterns``: file or directory names it reads (for docs and ``plugins``).
+    - ``options``: option name -> one-line help; ``convert --option`` refuses any other.
+    - ``run_dirs``: True when the format lists checkpoints in a run directory.
+    """
+
+    name: str
+    description: str
+    families: tuple[str, ...] = ("*",)
+    capabilities: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    dtypes: frozenset[str] = attrs.field(default=ALL_DTYPES, converter=frozenset)
+    patterns: tuple[str, ...] = ()
+    options: dict[str, str] = attrs.field(factory=dict)
+    run_dirs: bool = False
+
+    def holds_family(self, family: str) -> bool:
+        return "*" in self.families or family in self.families
+
+
+@attrs.frozen
+class RunEntry:
+    """One checkpoint in a run directory, as a format's ``list_checkpoints`` finds it.
+
+    ``paths`` are everything that belongs to it (deleted together by prune). An incomplete
+    entry (interrupted save, missing state file, truncated weights) says why in ``note``
+    and is never chosen as latest. ``tags`` marks special ones, such as ``"best"``.
+    """
+
+    path: Path
+    step: int | None
+    complete: bool
+    paths: tuple[Path, ...] = ()
+    tags: frozenset[str] = frozenset()
+    note: str = ""

@@ -1,0 +1,355 @@
+"""Safetensors files and sharded directories, read lazily and written by streaming.
+
+Our own reader and writer on top of the format (the ``safetensors`` package loads whole
+files and trusts what real writers produce; we need lazy file ranges, strict validation
+with one-line errors, and file-to-file copies):
+
+- ``read_header`` validates everything before a byte of data is used: header length bound,
+  UTF-8 JSON object, no duplicate keys, known dtypes, offsets in bounds, contiguous and
+  non-overlapping, size = prod(shape) x itemsize, string metadata. It accepts what real
+  writers do: ``"__metadata__": null`` (MLX), unpadded headers, offsets not in key order.
+- ``write_file`` writes the header, then each tensor's bytes: a tensor that is an
+  unchanged range of another file is copied kernel-side (``os.copy_file_range``), anything
+  else is streamed in chunks. Peak memory is one tensor (or one chunk for file ranges).
+- ``read_index`` / ``open_sharded`` / ``write_sharded`` handle HF-style
+  ``*.safetensors.index.json`` directories; shard names must be plain names in the same
+  directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+import zlib
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import dtypes, progress
+from .errors import CorruptInput, NotFound, UnsafeInput
+from .tensor import CHUNK_SIZE, FileRange, Tensor
+
+MAX_HEADER = 100_000_000  # the safetensors library's own bound
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def read_header(path: Path | str) -> tuple[dict[str, tuple[str, tuple[int, ...], int, int]], dict[str, str] | None, int]:
+    """Validated header of a safetensors file.
+
+    Returns ``(entries, metadata, data_start)`` where entries maps each name, in header
+    order, to ``(dtype, shape, begin, end)`` (offsets relative to ``data_start``).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CorruptInput(f"{path}: not a safetensors file ({size} bytes, too short for a header)")
+            (n,) = struct.unpack("<Q", prefix)
+            if n > MAX_HEADER:
+                raise CorruptInput(f"{path}: header length {n} exceeds the {MAX_HEADER}-byte limit (not a safetensors file?)")
+            if 8 + n > size:
+                raise CorruptInput(f"{path}: header length {n} runs past the end of the {size}-byte file (truncated?)")
+            raw = f.read(n)
+    except FileNotFoundError:
+        raise NotFound(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CorruptInput(f"{path}: is a directory, not a safetensors file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptInput(f"{path}: header is not UTF-8 (not a safetensors file?)") from None
+    if not text.lstrip().startswith("{"):
+        raise CorruptInput(f"{path}: header is not a JSON object (not a safetensors file?)")
+    try:
+        header = json.loads(text, object_pairs_hook=_no_duplicates)
+    except ValueError as e:
+        raise CorruptInput(f"{path}: header is not valid JSON ({e})") from None
+    data_size = size - 8 - n
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise CorruptInput(f"{path}: __metadata__ must map strings to strings")
+    entries = {}
+    for name, info in header.items():
+        entries[name] = _check_entry(path, name, info, data_size)
+    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items())
+    position = 0
+    for begin, end, name in spans:
+        if begin < position:
+            raise CorruptInput(f"{path}: tensor {name!r} overlaps the one before it")
+        if begin > position:
+            raise CorruptInput(f"{path}: {begin - position} bytes before tensor {name!r} belong to no tensor")
+        position = end
+    if position != data_size:
+        raise CorruptInput(f"{path}: data section is {data_size} bytes but the tensors cover {position} (truncated or padded?)")
+    return entries, metadata, 8 + n
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"duplicate key {dup!r}")
+    return dict(pairs)
+
+
+def _check_entry(path: Path, name: str, info, data_size: int):
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise CorruptInput(f"{path}: tensor {name!r} needs exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in dtypes.DTYPES:
+        raise CorruptInput(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise CorruptInput(f"{path}: tensor {name!r} has a bad shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise CorruptInput(f"{path}: tensor {name!r} has bad data_offsets {offsets!r}")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise CorruptInput(f"{path}: tensor {name!r} data {begin}..{end} lies outside the {data_size}-byte data section")
+    expected = math.prod(shape) * dtypes.get(dtype).itemsize
+    if end - begin != expected:
+        raise CorruptInput(f"{path}: tensor {name!r} has {end - begin} bytes, {dtype} {shape} needs {expected}")
+    return dtype, tuple(shape), begin, end
+
+
+def open_file(path: Path | str) -> tuple[dict[str, Tensor], dict[str, str] | None]:
+    """Lazy tensors of a safetensors file, in header order, and its metadata."""
+    path = Path(path)
+    entries, metadata, start = read_header(path)
+    tensors = {name: Tensor.from_file(path, start + begin, dtype, shape)
+               for name, (dtype, shape, begin, _end) in entries.items()}
+    return tensors, metadata
+
+
+# -- sharded directories ---------------------------------------------------------------
+
+
+def find_index(directory: Path) -> Path | None:
+    """The directory's ``*.safetensors.index.json``, preferring ``model.``; None if none."""
+    preferred = directory / f"model{INDEX_SUFFIX}"
+    if preferred.is_file():
+        return preferred
+    found = sorted(directory.glob(f"*{INDEX_SUFFIX}"))
+    return found[0] if found else None
+
+
+def read_index(index_path: Path | str) -> tuple[dict[str, Path], dict]:
+    """``weight_map`` of an index (tensor name -> shard path) and its ``metadata``.
+
+    Shard names must be plain file names in the index's directory: no separators, no
+    ``..``, no links that lead out of it.
+    """
+    index_path = Path(index_path)
+    try:
+        data = json.loads(index_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotFound(f"{index_path}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptInput(f"{index_path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
+        raise CorruptInput(f"{index_path}: no weight_map object")
+    directory = index_path.parent
+    shards: dict[str, Path] = {}
+    weight_map = {}
+    for name, shard in data["weight_map"].items():
+        if shard not in shards:
+            shards[shard] = plain_file(directory, shard, index_path)
+        weight_map[name] = shards[shard]
+    metadata = data.get("metadata") or {}
+    return weight_map, metadata if isinstance(metadata, dict) else {}
+
+
+def plain_file(directory: Path, name, named_by: Path) -> Path:
+    """``directory / name`` where ``named_by`` (an index or manifest) names the file.
+
+    The name must be a plain file name (no separators, no ``..``) of an existing file that
+    does not link out of the directory: UnsafeInput otherwise, NotFound if it is missing.
+    """
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise UnsafeInput(f"{named_by}: file name {name!r} is not a plain file name in the same directory")
+    path = directory / name
+    if path.is_symlink() and path.resolve().parent != directory.resolve():
+        raise UnsafeInput(f"{named_by}: file {name!r} is a link out of {directory}")
+    if not path.is_file():
+        raise NotFound(f"{named_by}: file {name!r} is missing")
+    return path
+
+
+def open_sharded(index_path: Path | str) -> tuple[dict[str, Tensor], dict]:
+    """Lazy tensors of every shard an index names (in weight_map order) and its metadata.
+
+    Every shard's header is validated; a tensor the index names but its shard lacks, or a
+    shard tensor the index does not name, is an error.
+    """
+    index_path = Path(index_path)
+    weight_map, metadata = read_index(index_path)
+    opened: dict[Path, dict[str, Tensor]] = {}
+    tensors: dict[str, Tensor] = {}
+    for name, shard in weight_map.items():
+        if shard not in opened:
+            opened[shard] = open_file(shard)[0]
+        if name not in opened[shard]:
+            raise CorruptInput(f"{index_path}: index puts {name!r} in {shard.name}, which has no such tensor")
+        tensors[name] = opened[shard][name]
+    for shard, content in opened.items():
+        stray = [n for n in content if weight_map.get(n) != shard]
+        if stray:
+            raise CorruptInput(f"{shard}: tensor {stray[0]!r} is not in the index {index_path.name}")
+    return tensors, metadata
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in a size like ``5GB`` (decimal, as HF counts), ``2GiB`` (binary) or ``1000``."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B?)\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (try 5GB, 500MB or 2GiB)")
+    number, unit, binary = m.groups()
+    if not unit:
+        return int(float(number))
+    return int(float(number) * (1024 if binary else 1000) ** ("KMGT".index(unit.upper()) + 1))
+
+
+def plan_shards(tensors: Mapping[str, Tensor], max_bytes: int) -> list[list[str]]:
+    """Names per shard, in order: a new shard starts when the next tensor would push the
+    current one past ``max_bytes``; a tensor larger than the limit gets a shard alone."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, t in tensors.items():
+        if shards[-1] and size + t.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += t.nbytes
+    return shards
+
+
+def shard_names(prefix: str, count: int) -> list[str]:
+    """HF shard file names: ``model.safetensors`` alone, else ``model-00001-of-00003...``."""
+    if count == 1:
+        return [f"{prefix}.safetensors"]
+    return [f"{prefix}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def write_sharded(directory: Path, tensors: Mapping[str, Tensor], max_shard_size: int | str = "5GB",
+                  metadata: dict[str, str] | None = None, prefix: str = "model",
+                  checksums: bool = False, index: bool | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Write ``tensors`` as HF-style shards into ``directory`` (which must exist).
+
+    Writes ``<prefix>.safetensors`` alone when everything fits one shard, otherwise
+    numbered shards; the index ``<prefix>.safetensors.index.json`` (sorted keys, indent 2)
+    is written when there are several shards, or as ``index`` says. Returns the weight map
+    (name -> shard file name) and the per-tensor checksums (empty unless ``checksums``).
+    """
+    groups = plan_shards(tensors, parse_size(max_shard_size))
+    names = shard_names(prefix, len(groups))
+    sums: dict[str, str] = {}
+    weight_map = {}
+    for file_name, group in zip(names, groups):
+        sums.update(write_file(directory / file_name, {n: tensors[n] for n in group}, metadata, checksums=checksums))
+        weight_map.update(dict.fromkeys(group, file_name))
+    if index or (index is None and len(groups) > 1):
+        content = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+                 "weight_map": dict(sorted(weight_map.items()))}
+        write_bytes(directory / f"{prefix}{INDEX_SUFFIX}", (json.dumps(content, indent=2, sort_keys=True) + "\n").encode())
+    return weight_map, sums
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+def build_header(tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """The 8-byte length and JSON header for ``tensors`` laid out in order, padded with
+    spaces so the data starts 8-byte aligned (as the safetensors library writes)."""
+    header: dict = {}
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise ValueError("safetensors metadata must map strings to strings")
+        header["__metadata__"] = metadata
+    offset = 0
+    for name, t in tensors.items():
+        header[name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def write_file(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None,
+               checksums: bool = False) -> dict[str, str]:
+    """Write a safetensors file at ``path`` (a new file; the caller makes it atomic).
+
+    Returns ``{name: "crc32:xxxxxxxx"}`` when ``checksums`` is set. The file is fsync-ed.
+    """
+    sums: dict[str, str] = {}
+    with open(path, "xb", buffering=0) as out, ThreadPoolExecutor(max_workers=1) as pool:
+        _write_all(out, build_header(tensors, metadata))
+        for name, t in tensors.items():
+            if t.file_range is not None and t.nbytes:
+                # The kernel copies; the checksum is read in parallel on the other core.
+                pending = pool.submit(_crc32_range, t.file_range) if checksums else None
+                _copy_range(t.file_range, out)
+                if pending:
+                    sums[name] = pending.result()
+            else:
+                crc = 0
+                for chunk in t.iter_chunks():
+                    _write_all(out, chunk)
+                    if checksums:
+                        crc = zlib.crc32(chunk, crc)
+                    progress.advance(len(chunk))
+                if checksums:
+                    sums[name] = f"crc32:{crc:08x}"
+        os.fsync(out.fileno())
+    return sums
+
+
+def crc32_of(t: Tensor) -> str:
+    """The checksum ``write_file`` records for a tensor's bytes."""
+    crc = 0
+    for chunk in t.iter_chunks():
+        crc = zlib.crc32(chunk, crc)
+    return f"crc32:{crc:08x}"
+
+
+def _crc32_range(rng: FileRange) -> str:
+    return crc32_of(Tensor.from_file(rng.path, rng.offset, "U8", (rng.nbytes,)))
+
+
+def _copy_range(rng: FileRange, out) -> None:
+    """Append a file range to ``out`` without passing the bytes through Python."""
+    with open(rng.path, "rb") as src:
+        offset, left = rng.offset, rng.nbytes
+        while left:
+            step = min(left, CHUNK_SIZE)
+            try:
+                done = os.copy_file_range(src.fileno(), out.fileno(), step, offset)
+            except (AttributeError, OSError):
+                src.seek(offset)
+                data = src.read(step)
+                done = len(data)
+                _write_all(out, data)
+            if done == 0:
+                raise CorruptInput(f"{rng.path}: file ends inside a tensor's data (truncated?)")
+            offset += done
+            left -= done
+            progress.advance(done)
+
+
+def _write_all(out, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view):]
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a small new file and fsync it."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
