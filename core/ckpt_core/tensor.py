@@ -129,15 +129,9 @@ class Tensor:
 
     def to_torch(self):
         """The data as a torch tensor of the same dtype (imports torch)."""
-        import torch
+        from .torch_io import to_torch
 
-        names = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
-                 "F16": "float16", "BF16": "bfloat16", "U32": "uint32", "I32": "int32",
-                 "F32": "float32", "U64": "uint64", "I64": "int64", "F64": "float64",
-                 "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-        raw = self.raw()
-        words = torch.from_numpy(raw.reshape(-1).view(np.uint8).copy())
-        return words.view(getattr(torch, names[self.dtype])).reshape(self.shape)
+        return to_torch(self)
 
     def to_mlx(self):
         """The data as an mlx array (imports mlx; FP8 comes back as uint8, F64 is refused)."""

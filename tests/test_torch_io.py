@@ -1,0 +1,75 @@
+"""ckpt_core.torch_io: safe pickle loading and exact torch <-> Tensor moves."""
+
+import dataclasses
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ckpt_core import torch_io  # noqa: E402
+from ckpt_core.errors import CorruptInput, NotFound, UnsafeInput  # noqa: E402
+from ckpt_core.tensor import Tensor  # noqa: E402
+
+
+@dataclasses.dataclass
+class Payload:
+    """A class a malicious or script-defined pickle could reference."""
+
+    x: int
+
+
+@pytest.mark.parametrize("dtype", sorted(torch_io.TORCH_DTYPES))
+def test_round_trip_every_dtype_bit_exact(dtype):
+    words = torch.randint(0, 255, (3, 8), dtype=torch.uint8)
+    original = words.view(getattr(torch, torch_io.TORCH_DTYPES[dtype])) if torch_io.TORCH_DTYPES[dtype] != "bool" else words % 2 == 1
+    t = torch_io.from_torch(original)
+    assert t.dtype == dtype and t.shape == tuple(original.shape)
+    back = t.to_torch()
+    assert back.dtype == original.dtype
+    assert torch.equal(back.reshape(-1).view(torch.uint8), original.contiguous().reshape(-1).view(torch.uint8))
+
+
+def test_zero_dim_and_non_contiguous():
+    assert torch_io.from_torch(torch.tensor(1.5)).numpy() == 1.5
+    x = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()
+    assert (torch_io.from_torch(x).numpy() == x.numpy()).all()
+
+
+def test_load_pickle_is_lazy_and_weights_only(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": {"w": torch.ones(2, 3)}, "iter_num": 7}, path)
+    obj = torch_io.load_pickle(path)
+    assert obj["iter_num"] == 7
+    t = torch_io.from_torch(obj["model"]["w"])
+    assert t.shape == (2, 3) and t.numpy().sum() == 6
+
+
+def test_pickle_needing_code_is_refused_with_every_global_named(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"a": torch.ones(1), "p": Payload(1)}, path)
+    with pytest.raises(UnsafeInput, match=r"Payload.*refused"):
+        torch_io.load_pickle(path)
+
+
+def test_legacy_non_zip_pickle_loads_without_mmap(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False)
+    assert torch_io.load_pickle(path)["w"].shape == (2,)
+
+
+def test_damaged_and_missing_files(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(1000)}, good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(CorruptInput, match="cut.pt"):
+        torch_io.load_pickle(cut)
+    with pytest.raises(NotFound):
+        torch_io.load_pickle(tmp_path / "missing.pt")
+
+
+def test_tensor_to_torch_matches_from_numpy():
+    import numpy as np
+
+    t = Tensor.from_numpy(np.array([0x3F80, 0x4000], dtype=np.uint16), "BF16")
+    assert t.to_torch().tolist() == [1.0, 2.0]
