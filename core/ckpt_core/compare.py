@@ -112,18 +112,9 @@ def differences(a: Checkpoint, b: Checkpoint) -> list[str]:
     for name in a.adapters.keys() & b.adapters.keys():
         x, y = a.adapters[name], b.adapters[name]
         found += tree_differences(attrs.asdict(x, recurse=False), attrs.asdict(y, recurse=False), f"adapter {name}")
-    found += tree_differences(_state(a.train_state), _state(b.train_state), "train_state")
+    found += tree_differences(*(ts.to_dict() if ts else None for ts in (a.train_state, b.train_state)), "train_state")
     found += tree_differences(a.extra, b.extra, "extra")
     return found
-
-
-def _state(ts):
-    if ts is None:
-        return None
-    data = attrs.asdict(ts, recurse=False)
-    if ts.optimizer is not None:
-        data["optimizer"] = attrs.asdict(ts.optimizer, recurse=False)
-    return data
 
 
 def tree_differences(x: Any, y: Any, path: str) -> list[str]:

@@ -98,6 +98,20 @@ class TrainState:
     config: dict[str, Any] = attrs.field(factory=dict)
     extra: dict[str, Any] = attrs.field(factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (the optimizer as a dict too); values untouched."""
+        data = attrs.asdict(self, recurse=False)
+        if self.optimizer is not None:
+            data["optimizer"] = attrs.asdict(self.optimizer, recurse=False)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        """The inverse of ``to_dict``."""
+        data = dict(data)
+        opt = data.pop("optimizer", None)
+        return cls(**data, optimizer=OptimizerState(**opt) if opt is not None else None)
+
 
 @attrs.frozen
 class Layout:

@@ -17,12 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from .. import safetensors_io, tree
 from ..errors import CorruptInput
 from ..hookspecs import hookimpl
-from ..model import CAPABILITIES, Adapter, Arch, Checkpoint, Detection, FormatSpec, Layout, OptimizerState, TrainState
+from ..model import CAPABILITIES, Adapter, Arch, Checkpoint, Detection, FormatSpec, Layout, TrainState
 from ..tensor import Tensor
 
 NAME = "canonical"
@@ -96,7 +94,7 @@ def write(ck: Checkpoint, path: Path, max_shard_size: int | str = "5GB") -> None
 
     state_tree, state_tensors = tree.encode({
         "arch_params": ck.arch.params,
-        "train_state": _train_state_tree(ck.train_state),
+        "train_state": ck.train_state.to_dict() if ck.train_state is not None else None,
         "layout_facts": ck.layout.facts,
         "extra": ck.extra,
     })
@@ -123,15 +121,6 @@ def write(ck: Checkpoint, path: Path, max_shard_size: int | str = "5GB") -> None
     safetensors_io.write_bytes(path / MANIFEST, (json.dumps(manifest, indent=1, allow_nan=True) + "\n").encode())
 
 
-def _train_state_tree(ts: TrainState | None):
-    if ts is None:
-        return None
-    data = attrs.asdict(ts, recurse=False)
-    if ts.optimizer is not None:
-        data["optimizer"] = attrs.asdict(ts.optimizer, recurse=False)
-    return data
-
-
 # -- reading -----------------------------------------------------------------------------
 
 
@@ -154,7 +143,8 @@ def read(path: Path, verify: bool = False) -> Checkpoint:
             for base, a in m["adapters"].items()
         }
         arch_params = tree.decode(m["arch"]["params"], state_tensors)
-        ts = _train_state(tree.decode(m["train_state"], state_tensors))
+        ts_data = tree.decode(m["train_state"], state_tensors)
+        ts = TrainState.from_dict(ts_data) if ts_data is not None else None
         ck = Checkpoint(
             arch=Arch(m["arch"]["family"], arch_params),
             tensors=stored,
@@ -188,10 +178,3 @@ def _open_entries(path: Path, manifest_path: Path, entries: dict, verify: bool) 
             raise CorruptInput(f"{path / file}: tensor {e['key']!r} fails its checksum (data corrupted)")
         out[name] = t
     return out
-
-
-def _train_state(data: dict | None) -> TrainState | None:
-    if data is None:
-        return None
-    opt = data.pop("optimizer")
-    return TrainState(**data, optimizer=OptimizerState(**opt) if opt is not None else None)
