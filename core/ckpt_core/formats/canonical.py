@@ -118,7 +118,20 @@ def write(ck: Checkpoint, path: Path, max_shard_size: int | str = "5GB") -> None
         "layout": {"format": ck.layout.format, "variant": ck.layout.variant, "facts": state_tree["layout_facts"]},
         "extra": state_tree["extra"],
     }
-    safetensors_io.write_bytes(path / MANIFEST, (json.dumps(manifest, indent=1, allow_nan=True) + "\n").encode())
+    safetensors_io.write_bytes(path / MANIFEST, _manifest_text(manifest).encode())
+
+
+def _manifest_text(manifest: dict) -> str:
+    """Indented JSON, except that each tensor entry stays on one line (a readable table)."""
+    parts = []
+    for key, value in manifest.items():
+        if key in ("tensors", "state_tensors") and value:
+            rows = ",\n".join(f"    {json.dumps(n)}: {json.dumps(e)}" for n, e in value.items())
+            text = "{\n" + rows + "\n  }"
+        else:
+            text = json.dumps(value, indent=2).replace("\n", "\n  ")
+        parts.append(f"  {json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 # -- reading -----------------------------------------------------------------------------
