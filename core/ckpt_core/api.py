@@ -96,8 +96,9 @@ def load(path: Path | str, format: str | None = None, options: Mapping[str, Any]
 
 def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, Any] | None = None, *,
          overwrite: bool = False, allow_loss: Collection[str] = (), merge_adapters: bool = False,
-         cast: Mapping[str, str] | None = None, show_progress: bool = False) -> Path:
+         cast: Mapping[str, str] | None = None, show_progress: bool = False) -> Checkpoint:
     """Write ``ck`` at ``path`` in ``format``, atomically; refuse any loss not allowed.
+    Returns the checkpoint as written (after merging, casting and allowed losses).
 
     ``merge_adapters`` merges adapters into their weights first (computes in float32);
     ``cast`` maps dtypes to cast (``{"F64": "F32"}``); ``allow_loss`` names what may be
@@ -117,14 +118,15 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
     with progress.bar(ck.nbytes, f"writing {format}", enabled=show_progress), atomic.atomic_output(path, overwrite) as tmp:
         if not _call(reg.hook.from_canonical, format, checkpoint=ck, path=tmp, options=opts):
             raise PluginError(f"no plugin wrote format {format!r} (its plugin does not implement from_canonical)")
-    return path
+    return ck
 
 
 def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any] | None = None, *,
             from_format: str | None = None, overwrite: bool = False, allow_loss: Collection[str] = (),
-            merge_adapters: bool = False, cast: Mapping[str, str] | None = None, show_progress: bool = False) -> Path:
-    """Convert ``src`` to format ``to`` at ``dst``. Options go to whichever of the two
-    formats declares them (both, if both do); an option neither declares is refused."""
+            merge_adapters: bool = False, cast: Mapping[str, str] | None = None, show_progress: bool = False) -> Checkpoint:
+    """Convert ``src`` to format ``to`` at ``dst``; return the checkpoint as written. Options
+    go to whichever of the two formats declares them (both, if both do); an option neither
+    declares is refused."""
     src, dst = _existing(src), Path(dst)
     reg = registry()
     target = reg.spec(to)
