@@ -137,8 +137,7 @@ def _manifest_text(manifest: dict) -> str:
 # -- reading -----------------------------------------------------------------------------
 
 
-def read(path: Path, verify: bool = False) -> Checkpoint:
-    """The checkpoint in canonical directory ``path``; lazy unless ``verify``."""
+def _manifest(path: Path) -> dict:
     manifest_path = path / MANIFEST
     try:
         m = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -148,34 +147,58 @@ def read(path: Path, verify: bool = False) -> Checkpoint:
         raise CorruptInput(f"{manifest_path}: not a {MAGIC} manifest")
     if m.get("version") != VERSION:
         raise CorruptInput(f"{manifest_path}: manifest version {m.get('version')!r}; this ckpt-core reads version {VERSION} (upgrade ckpt-core)")
+    return m
+
+
+def _malformed(path: Path, e: Exception) -> CorruptInput:
+    return CorruptInput(f"{path / MANIFEST}: malformed manifest ({type(e).__name__}: {e})")
+
+
+def read(path: Path, verify: bool = False) -> Checkpoint:
+    """The checkpoint in canonical directory ``path``; lazy unless ``verify``."""
+    m = _manifest(path)
     try:
-        stored = _open_entries(path, manifest_path, m["tensors"], verify)
-        state_tensors = _open_entries(path, manifest_path, m.get("state_tensors", {}), verify)
+        stored = _open_entries(path, m["tensors"], verify)
+        state_tensors = _open_entries(path, m.get("state_tensors", {}), verify)
         adapters = {
             base: Adapter(stored.pop(a["a"]), stored.pop(a["b"]), a["alpha"], a["scaling"], a["kind"])
             for base, a in m["adapters"].items()
         }
-        arch_params = tree.decode(m["arch"]["params"], state_tensors)
-        ts_data = tree.decode(m["train_state"], state_tensors)
-        ts = TrainState.from_dict(ts_data) if ts_data is not None else None
         ck = Checkpoint(
-            arch=Arch(m["arch"]["family"], arch_params),
+            arch=Arch(m["arch"]["family"], tree.decode(m["arch"]["params"], state_tensors)),
             tensors=stored,
             ties=dict(m["ties"]),
             kv_sharing={int(k): v for k, v in m["kv_sharing"].items()},
             adapters=adapters,
-            train_state=ts,
+            train_state=_train_state(m, state_tensors),
             trainable=tuple(m["trainable"]) if m["trainable"] is not None else None,
             layout=Layout(m["layout"]["format"], m["layout"]["variant"], tree.decode(m["layout"]["facts"], state_tensors)),
             extra=tree.decode(m["extra"], state_tensors),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CorruptInput(f"{manifest_path}: malformed manifest ({type(e).__name__}: {e})") from None
+        raise _malformed(path, e) from None
     ck.validate()
     return ck
 
 
-def _open_entries(path: Path, manifest_path: Path, entries: dict, verify: bool) -> dict[str, Tensor]:
+@hookimpl
+def train_state(path: Path, format: str):
+    if format != NAME:
+        return None
+    m = _manifest(path)
+    try:
+        return _train_state(m, _open_entries(path, m.get("state_tensors", {}), verify=False))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise _malformed(path, e) from None
+
+
+def _train_state(m: dict, state_tensors: dict[str, Tensor]) -> TrainState | None:
+    data = tree.decode(m["train_state"], state_tensors)
+    return TrainState.from_dict(data) if data is not None else None
+
+
+def _open_entries(path: Path, entries: dict, verify: bool) -> dict[str, Tensor]:
+    manifest_path = path / MANIFEST
     files: dict[str, dict[str, Tensor]] = {}
     out: dict[str, Tensor] = {}
     for name, e in entries.items():
