@@ -106,7 +106,7 @@ def differences(a: Checkpoint, b: Checkpoint) -> list[str]:
             found.append(f"tensor {name}: {a.tensors[name]!r} vs {b.tensors[name]!r} or bytes differ")
     for label, x, y in (("arch", a.arch, b.arch), ("ties", a.ties, b.ties), ("kv_sharing", a.kv_sharing, b.kv_sharing),
                         ("trainable", a.trainable, b.trainable)):
-        found += tree_differences(x if label != "arch" else attrs.asdict(x), y if label != "arch" else attrs.asdict(y), label)
+        found += tree_differences(x if label != "arch" else attrs.asdict(x, recurse=False), y if label != "arch" else attrs.asdict(y, recurse=False), label)
     if a.adapters.keys() != b.adapters.keys():
         found.append(f"adapters on {sorted(a.adapters)} vs {sorted(b.adapters)}")
     for name in a.adapters.keys() & b.adapters.keys():
