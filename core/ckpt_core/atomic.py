@@ -1,9 +1,11 @@
 """Atomic output: a destination is either untouched or complete, never half-written.
 
-``atomic_output(dst)`` yields a temporary sibling path; the writer creates a file or a
-directory there. On success every file under it is fsync-ed, it is renamed into place in
-one step, and the parent directory is fsync-ed. On any failure (or Ctrl-C) the temporary
-is removed and the destination is as it was. Replacing an existing directory uses
+``atomic_output(dst)`` yields a temporary path with ``dst``'s own name, inside a hidden
+sibling directory (``.NAME.tmp-XXXX/NAME``: writers that go by the name or suffix, such as
+``x.safetensors`` being a file, see the real one); the writer creates a file or a directory
+there. On success every file under it is fsync-ed, it is renamed into place in one step
+(same filesystem), and the parent directory is fsync-ed. On any failure (or Ctrl-C) the
+temporary is removed and the destination is as it was. Replacing an existing directory uses
 ``renameat2(RENAME_EXCHANGE)`` so that even then there is no instant without one.
 """
 
@@ -80,10 +82,13 @@ def check_destination(dst: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def atomic_output(dst: Path | str, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``dst``; move what was written there onto ``dst``."""
+    """Yield a temporary path named as ``dst`` (in a hidden sibling directory); move what
+    was written there onto ``dst``."""
     dst = Path(dst)
     check_destination(dst, overwrite)
-    tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(4)}"
+    holder = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(4)}"
+    holder.mkdir()
+    tmp = holder / dst.name
     try:
         yield tmp
         if not (tmp.exists() or tmp.is_symlink()):
@@ -92,7 +97,7 @@ def atomic_output(dst: Path | str, overwrite: bool = False) -> Iterator[Path]:
         _move_into_place(tmp, dst, overwrite)
         _fsync(dst.parent)
     finally:
-        remove(tmp)
+        remove(holder)
 
 
 def _move_into_place(tmp: Path, dst: Path, overwrite: bool) -> None:

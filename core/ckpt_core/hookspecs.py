@@ -80,12 +80,13 @@ def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dic
     """Write ``checkpoint`` at ``path`` in ``format`` (which this plugin owns); return True.
 
     Return None when ``format`` is not yours. ``path`` does not exist yet: it is a
-    temporary sibling of the destination that the core fsyncs and renames into place
-    afterwards, so create the file or directory there and nothing anywhere else. The core has
-    already refused what your FormatSpec cannot hold; refuse anything else you would drop
-    or change by raising LossyConversion naming it and the option that allows it. Stream:
-    write tensor by tensor (``ckpt_core.safetensors_io.write_file`` copies file ranges
-    kernel-side), never materialise the whole model.
+    temporary path with the destination's own name (in a hidden sibling directory) that the
+    core fsyncs and renames into place afterwards, so create the file or directory there and
+    nothing anywhere else. The core has already refused what your FormatSpec cannot hold;
+    refuse anything else you would drop or change by raising LossyConversion naming it and
+    the option that allows it. Stream: write tensor by tensor
+    (``ckpt_core.safetensors_io.write_file`` copies file ranges kernel-side), never
+    materialise the whole model.
     """
 
 

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import dtypes, progress
-from .errors import CorruptInput, NotFound, UnsafeInput
+from .errors import CorruptInput, NotFound, UnsafeInput, UsageError
 from .tensor import CHUNK_SIZE, FileRange, Tensor
 
 MAX_HEADER = 100_000_000  # the safetensors library's own bound
@@ -67,7 +67,7 @@ def read_header(path: Path | str) -> tuple[dict[str, tuple[str, tuple[int, ...],
         raise CorruptInput(f"{path}: header is not a JSON object (not a safetensors file?)")
     try:
         header = json.loads(text, object_pairs_hook=_no_duplicates)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         raise CorruptInput(f"{path}: header is not valid JSON ({e})") from None
     data_size = size - 8 - n
     metadata = header.pop("__metadata__", None)
@@ -101,7 +101,7 @@ def _check_entry(path: Path, name: str, info, data_size: int):
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         raise CorruptInput(f"{path}: tensor {name!r} needs exactly dtype, shape and data_offsets")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in dtypes.DTYPES:
+    if not isinstance(dtype, str) or dtype not in dtypes.DTYPES:
         raise CorruptInput(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
     if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
         raise CorruptInput(f"{path}: tensor {name!r} has a bad shape {shape!r}")
@@ -148,7 +148,7 @@ def read_index(index_path: Path | str) -> tuple[dict[str, Path], dict]:
         data = json.loads(index_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NotFound(f"{index_path}: no such file") from None
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CorruptInput(f"{index_path}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
         raise CorruptInput(f"{index_path}: no weight_map object")
@@ -156,7 +156,7 @@ def read_index(index_path: Path | str) -> tuple[dict[str, Path], dict]:
     shards: dict[str, Path] = {}
     weight_map = {}
     for name, shard in data["weight_map"].items():
-        if shard not in shards:
+        if not isinstance(shard, str) or shard not in shards:  # plain_file refuses a non-string
             shards[shard] = plain_file(directory, shard, index_path)
         weight_map[name] = shards[shard]
     metadata = data.get("metadata") or {}
@@ -180,7 +180,9 @@ def plain_file(directory: Path, name, named_by: Path) -> Path:
 
 
 def open_sharded(index_path: Path | str) -> tuple[dict[str, Tensor], dict]:
-    """Lazy tensors of every shard an index names (in weight_map order) and its metadata.
+    """Lazy tensors of every shard an index names and its metadata, in the order they were
+    written: shard by shard (numbered names sort in shard order), each in header order.
+    (Not weight_map order: writers sort it by name, which loses the model's order.)
 
     Every shard's header is validated; a tensor the index names but its shard lacks, or a
     shard tensor the index does not name, is an error.
@@ -188,18 +190,17 @@ def open_sharded(index_path: Path | str) -> tuple[dict[str, Tensor], dict]:
     index_path = Path(index_path)
     weight_map, metadata = read_index(index_path)
     opened: dict[Path, dict[str, Tensor]] = {}
-    tensors: dict[str, Tensor] = {}
     for name, shard in weight_map.items():
         if shard not in opened:
             opened[shard] = open_file(shard)[0]
         if name not in opened[shard]:
             raise CorruptInput(f"{index_path}: index puts {name!r} in {shard.name}, which has no such tensor")
-        tensors[name] = opened[shard][name]
     for shard, content in opened.items():
         stray = [n for n in content if weight_map.get(n) != shard]
         if stray:
             raise CorruptInput(f"{shard}: tensor {stray[0]!r} is not in the index {index_path.name}")
-    return tensors, metadata
+    ordered = {name: t for shard in sorted(opened, key=lambda p: p.name) for name, t in opened[shard].items()}
+    return ordered, metadata
 
 
 def parse_size(text: str | int) -> int:
@@ -208,7 +209,7 @@ def parse_size(text: str | int) -> int:
         return text
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B?)\s*", str(text), re.IGNORECASE)
     if not m:
-        raise ValueError(f"not a size: {text!r} (try 5GB, 500MB or 2GiB)")
+        raise UsageError(f"not a size: {text!r} (try 5GB, 500MB or 2GiB)")
     number, unit, binary = m.groups()
     if not unit:
         return int(float(number))
@@ -287,30 +288,39 @@ def write_file(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, st
     Returns ``{name: "crc32:xxxxxxxx"}`` when ``checksums`` is set. The file is fsync-ed.
     """
     sums: dict[str, str] = {}
+    pending = {}
     with open(path, "xb", buffering=0) as out, ThreadPoolExecutor(max_workers=1) as pool:
-        _write_all(out, build_header(tensors, metadata))
-        for name, t in tensors.items():
-            if t.file_range is not None and t.nbytes:
-                # The kernel copies; the checksum is read in parallel on the other core.
-                pending = pool.submit(_crc32_range, t.file_range) if checksums else None
-                _copy_range(t.file_range, out)
-                if pending:
-                    sums[name] = pending.result()
-            else:
-                crc = 0
-                for chunk in t.iter_chunks():
-                    _write_all(out, chunk)
+        try:
+            _write_all(out, build_header(tensors, metadata))
+            for name, t in tensors.items():
+                if t.file_range is not None and t.nbytes:
+                    # The kernel copies; the checksums of file ranges are read on the other
+                    # core meanwhile, and while the file is fsync-ed (collected at the end).
                     if checksums:
-                        crc = zlib.crc32(chunk, crc)
-                    progress.advance(len(chunk))
-                if checksums:
-                    sums[name] = f"crc32:{crc:08x}"
-        os.fsync(out.fileno())
-    return sums
+                        pending[name] = pool.submit(_crc32_range, t.file_range)
+                    _copy_range(t.file_range, out)
+                else:
+                    crc = 0
+                    for chunk in t.iter_chunks():
+                        _write_all(out, chunk)
+                        if checksums:
+                            crc = zlib.crc32(chunk, crc)
+                        progress.advance(len(chunk))
+                    if checksums:
+                        sums[name] = f"crc32:{crc:08x}"
+            os.fsync(out.fileno())
+            sums.update((name, future.result()) for name, future in pending.items())
+        except BaseException:
+            for future in pending.values():
+                future.cancel()
+            raise
+    return {name: sums[name] for name in tensors if name in sums}
 
 
 def crc32_of(t: Tensor) -> str:
     """The checksum ``write_file`` records for a tensor's bytes."""
+    if t.file_range is not None:
+        return _crc32_range(t.file_range)
     crc = 0
     for chunk in t.iter_chunks():
         crc = zlib.crc32(chunk, crc)
@@ -318,7 +328,19 @@ def crc32_of(t: Tensor) -> str:
 
 
 def _crc32_range(rng: FileRange) -> str:
-    return crc32_of(Tensor.from_file(rng.path, rng.offset, "U8", (rng.nbytes,)))
+    """crc32 of a file range, read through one reused buffer (no allocation per chunk)."""
+    crc = 0
+    left = rng.nbytes
+    buffer = memoryview(bytearray(max(1, min(CHUNK_SIZE, left))))
+    with open(rng.path, "rb", buffering=0) as f:
+        f.seek(rng.offset)
+        while left:
+            done = f.readinto(buffer[:min(left, len(buffer))])
+            if not done:
+                raise CorruptInput(f"{rng.path}: file ends inside a tensor's data (truncated?)")
+            crc = zlib.crc32(buffer[:done], crc)
+            left -= done
+    return f"crc32:{crc:08x}"
 
 
 def _copy_range(rng: FileRange, out) -> None:

@@ -22,7 +22,10 @@ import numpy as np
 from . import dtypes
 from .errors import CorruptInput
 
-CHUNK_SIZE = 64 * 1024 * 1024
+# 8 MiB: large enough that per-call costs vanish, small enough that malloc reuses a freed
+# read buffer instead of mmap-ing (and page-faulting in) a fresh one for every chunk, which
+# made 64 MiB reads of a cached file run at a third of the speed.
+CHUNK_SIZE = 8 * 1024 * 1024
 
 
 @attrs.frozen

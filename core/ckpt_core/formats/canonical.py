@@ -54,7 +54,7 @@ def detect(path: Path):
         return None
     try:
         head = json.loads(manifest.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, OSError):
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError):
         return Detection(NAME, 0.3, f"{MANIFEST} is not valid JSON", path)
     if isinstance(head, dict) and head.get("format") == MAGIC:
         return Detection(NAME, 1.0, f"{MANIFEST} says {MAGIC} version {head.get('version')}", path)
@@ -141,7 +141,7 @@ def _manifest(path: Path) -> dict:
     manifest_path = path / MANIFEST
     try:
         m = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
         raise CorruptInput(f"{manifest_path}: not valid JSON ({e})") from None
     if not isinstance(m, dict) or m.get("format") != MAGIC:
         raise CorruptInput(f"{manifest_path}: not a {MAGIC} manifest")
