@@ -280,3 +280,16 @@ def test_sigkill_at_assorted_instants_never_leaves_a_partial_destination(tmp_pat
             assert not any((work / n).exists() for n in (name,))
     assert outcomes[-1] is True  # not killed: written whole
     assert False in outcomes  # at least one kill landed before the rename
+
+
+def test_leftovers_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    dst = tmp_path / "out.safetensors"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.safetensors.tmp-{int(dead.stdout)}-abcd1234"
+    (stale / "out.safetensors").mkdir(parents=True)
+    live = tmp_path / f".out.safetensors.tmp-{os.getpid()}-0000beef"  # a writer still running: kept
+    live.mkdir()
+    with atomic_output(dst) as tmp:
+        tmp.write_bytes(b"new")
+    assert dst.read_bytes() == b"new"
+    assert siblings(dst) == [live.name]

@@ -426,3 +426,8 @@ def test_truncated_source_fails_cleanly_while_copying(tmp_path):
 def test_build_header_refuses_non_string_metadata():
     with pytest.raises(ValueError):
         safetensors_io.build_header({}, {"step": 5})
+
+
+def test_a_tensor_named_like_the_metadata_key_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="__metadata__"):
+        safetensors_io.write_file(tmp_path / "x.safetensors", {"__metadata__": Tensor.from_numpy(np.zeros(2, np.float32))})

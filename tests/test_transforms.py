@@ -362,3 +362,13 @@ def test_rank_of_adapter_is_a_rows():
     ad = lora(5, 3, 4, "F32")
     assert ad.rank == 4 and ad.scale == pytest.approx(8.0 / 4)
     assert math.isclose(Adapter(ad.a, ad.b, 8.0, "alpha/sqrt(rank)").scale, 4.0)
+
+
+def test_hyper_parameters_holding_tensors_cannot_go_to_safetensors(tmp_path):
+    import ckpt_core
+
+    ck = Checkpoint(arch=Arch("generic", {"table": Tensor.from_numpy(np.arange(3))}),
+                    tensors={"w": Tensor.from_numpy(np.ones(2, np.float32))})
+    with pytest.raises(LossyConversion, match="table"):
+        ckpt_core.save(ck, tmp_path / "x.safetensors", "safetensors")
+    assert list(tmp_path.iterdir()) == []

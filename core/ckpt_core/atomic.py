@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -86,7 +88,8 @@ def atomic_output(dst: Path | str, overwrite: bool = False) -> Iterator[Path]:
     was written there onto ``dst``."""
     dst = Path(dst)
     check_destination(dst, overwrite)
-    holder = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(4)}"
+    _remove_stale(dst)
+    holder = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     holder.mkdir()
     tmp = holder / dst.name
     try:
@@ -98,6 +101,25 @@ def atomic_output(dst: Path | str, overwrite: bool = False) -> Iterator[Path]:
         _fsync(dst.parent)
     finally:
         remove(holder)
+
+
+def _remove_stale(dst: Path) -> None:
+    """Remove temporaries for ``dst`` left by writers that were killed (their process is gone)."""
+    pattern = re.compile(rf"\.{re.escape(dst.name)}\.tmp-(\d+)-[0-9a-f]+")
+    for sibling in dst.parent.glob(f".{glob.escape(dst.name)}.tmp-*"):
+        m = pattern.fullmatch(sibling.name)
+        if m and not _alive(int(m.group(1))):
+            remove(sibling)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _move_into_place(tmp: Path, dst: Path, overwrite: bool) -> None:

@@ -272,6 +272,8 @@ def build_header(tensors: Mapping[str, Tensor], metadata: dict[str, str] | None 
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise ValueError("safetensors metadata must map strings to strings")
         header["__metadata__"] = metadata
+    if "__metadata__" in tensors:
+        raise UsageError("a tensor cannot be named __metadata__ in a safetensors file (the name is reserved)")
     offset = 0
     for name, t in tensors.items():
         header[name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}

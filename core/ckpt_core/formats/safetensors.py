@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import safetensors_io, tree
-from ..errors import CorruptInput, NotFound
+from ..errors import CorruptInput, LossyConversion, NotFound
 from ..hookspecs import hookimpl
 from ..model import Arch, Checkpoint, Detection, FormatSpec, Layout
 
@@ -126,7 +126,8 @@ def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dic
         return None
     arch_params, arch_tensors = tree.encode(checkpoint.arch.params)
     if arch_tensors:
-        raise CorruptInput(f"hyper-parameters hold tensors ({next(iter(arch_tensors))}); the safetensors format cannot keep them")
+        raise LossyConversion(f"hyper-parameters hold tensors ({', '.join(arch_tensors)}), which the safetensors format cannot keep; "
+                              "convert to canonical instead. Nothing was written.")
     graph = {
         "arch": {"family": checkpoint.arch.family, "params": arch_params},
         "ties": checkpoint.ties,
