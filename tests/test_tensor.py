@@ -516,3 +516,13 @@ def test_to_torch_matches_torch_dtype(dtype, tmp_path):
     assert out.contiguous().view(torch.uint8).numpy().tobytes() == np.ascontiguousarray(words.T).tobytes()
     if dtype == "BF16":
         np.testing.assert_array_equal(out.float().numpy(), dtypes.to_float32(words.T, "BF16"))
+
+
+def test_to_mlx_keeps_bf16_words_and_refuses_f64():
+    mx = pytest.importorskip("mlx.core")
+    t = Tensor.from_numpy(np.array([0x3F80, 0x4000, 0xC040], dtype=np.uint16), "BF16")
+    a = t.to_mlx()
+    assert a.dtype == mx.bfloat16 and a.astype(mx.float32).tolist() == [1.0, 2.0, -3.0]
+    assert Tensor.from_numpy(np.arange(4, dtype=np.int32)).to_mlx().tolist() == [0, 1, 2, 3]
+    with pytest.raises(TypeError, match="float64"):
+        Tensor.from_numpy(np.zeros(2)).to_mlx()

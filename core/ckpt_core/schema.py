@@ -86,7 +86,7 @@ class FamilySchema:
                 continue
             rule, layer = match
             seen.setdefault(rule, set()).add(layer)
-            expected = _expected_shape(rule.shape, params)
+            expected = expected_shape(rule.shape, params)
             if expected is not None and tuple(shape) != expected:
                 found.append(f"{name}: shape {list(shape)}, {self.name} expects {list(expected)}")
         n_layer = params.get("n_layer", 0)
@@ -129,7 +129,8 @@ def _eval(expr: int | str, params: Mapping[str, Any]) -> int | None:
         return None
 
 
-def _expected_shape(shape, params) -> tuple[int, ...] | None:
+def expected_shape(shape, params) -> tuple[int, ...] | None:
+    """A rule's shape at these hyper-parameters; None when it accepts any, or a name is unknown."""
     if shape is None:
         return None
     dims = [_eval(d, params) for d in shape]

@@ -21,7 +21,7 @@ from hypothesis.errors import InvalidArgument
 
 from .. import dtypes as dtype_table
 from ..model import SCALINGS, Adapter, Arch, Checkpoint, FormatSpec, OptimizerState, TrainState
-from ..schema import FamilySchema, TensorRule, _expected_shape
+from ..schema import FamilySchema, TensorRule, expected_shape
 from ..tensor import Tensor
 
 # Keys that look like ckpt_core.tree's tags: trees must escape them.
@@ -210,7 +210,7 @@ def _family(draw, schema: FamilySchema, ties: bool | None):
 
     top: dict[tuple, str] = {}  # shape expression of a top-level tensor -> its name
     for rule in schema.tensors:
-        shape = _expected_shape(rule.shape, params)
+        shape = expected_shape(rule.shape, params)
         if shape is not None and any(d < 0 for d in shape):
             reject()  # an expression such as "d_model-n_head" went negative
         if shape is None:
