@@ -51,9 +51,10 @@ def detect(path: Path):
         return Detection(NAME, confidence, f"safetensors file with {len(entries)} tensors", path)
     if path.is_dir():
         files = _weight_files(path)
-        if not files:
-            return None
-        kind = "sharded directory with index" if safetensors_io.find_index(path) else f"directory of {len(files)} safetensors file(s)"
+        indexed = safetensors_io.find_index(path) is not None
+        if not files or (len(files) > 1 and not indexed):
+            return None  # several files and no index: nothing says how they join
+        kind = "sharded directory with index" if indexed else "directory with one safetensors file"
         if (path / "config.json").exists():
             return Detection(NAME, 0.2, f"{kind} with a config.json (a model-family plugin may read it better)", path)
         return Detection(NAME, 0.4, kind, path)
