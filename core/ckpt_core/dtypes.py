@@ -62,7 +62,7 @@ def from_numpy(dtype: np.dtype) -> str:
 
 
 def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Values of ``raw`` words (of ``dtype``) as float64-free float32, for arithmetic.
+    """Values of ``raw`` words (of ``dtype``) as float32, for arithmetic.
 
     BF16 widens exactly by a shift; FP8 kinds are decoded by table. Used only by explicit
     arithmetic steps (merging adapters, tolerance diffs), never by layout changes.

@@ -74,7 +74,7 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]):
         if index is not None:
             tensors, index_meta = safetensors_io.open_sharded(index)
             first = next(iter(tensors.values()), None)
-            metadata = safetensors_io.open_file(first.file_range.path)[1] if first is not None else None
+            metadata = safetensors_io.read_header(first.file_range.path)[1] if first is not None else None
             variant = "sharded"
         else:
             files = _weight_files(path)
