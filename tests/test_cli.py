@@ -510,3 +510,23 @@ def test_python_dash_m(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ckpt_core", "convert", path, tmp_path / "c", "--to", "canonical"],
                           capture_output=True, text=True)
     assert done.returncode == 0 and done.stderr == "" and done.stdout.startswith("wrote ")
+
+
+def test_plugin_warnings_print_as_one_line_each_on_stderr(cli, monkeypatch):
+    import warnings
+
+    from ckpt_core import CkptWarning, api
+
+    original = api.load
+
+    def load_with_warning(*args, **kwargs):
+        warnings.warn("families differ:\ncompute differently", CkptWarning)
+        warnings.warn("families differ:\ncompute differently", CkptWarning)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(api, "load", load_with_warning)
+    example = Path(__file__).parents[1] / "examples" / "tiny-gpt.safetensors"
+    code, out, err = cli("--json", "inspect", example)
+    assert code == 0
+    assert json.loads(out)["format"] == "safetensors"
+    assert err == "ckpt-core: warning: families differ: compute differently\n"

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import attrs
 
 from . import api, losses
 from .dtypes import ALL_DTYPES
-from .errors import CkptError, UnknownFormat
+from .errors import CkptError, CkptWarning, UnknownFormat
 from .model import Checkpoint, FormatSpec, RunEntry, TrainState
 from .plugins import registry
 from .tensor import Tensor
@@ -160,8 +161,11 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace) -> int:
     """Call the command's function; turn every failure into one line and an exit code."""
     try:
-        code = args.func(args) or 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CkptWarning)
+            code = args.func(args) or 0
         sys.stdout.flush()
+        _print_warnings(args, caught)
         return code
     except CkptError as e:
         return _fail(args, f"error: {e}", e.exit_code)
@@ -173,6 +177,17 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:
         hint = "" if args.debug else " (run with --debug for the traceback)"
         return _fail(args, f"internal error: {type(e).__name__}: {e}{hint}", 10)
+
+
+def _print_warnings(args: argparse.Namespace, caught: list[warnings.WarningMessage]) -> None:
+    """Each distinct CkptWarning as one ``warning:`` line on stderr (others re-raised as usual)."""
+    seen = set()
+    for w in caught:
+        if not issubclass(w.category, CkptWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        elif str(w.message) not in seen and not args.quiet:
+            seen.add(str(w.message))
+            print(f"{PROG}: warning: {w.message}".replace("\n", " "), file=sys.stderr)
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:

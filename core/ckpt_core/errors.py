@@ -76,3 +76,13 @@ class PluginError(CkptError):
 
     exit_code = 9
     kind = "plugin-error"
+
+
+class CkptWarning(UserWarning):
+    """Something a user should know that is not an error: raised with ``warnings.warn``.
+
+    Plugins warn, for example, that two families compute differently although their keys
+    map, or that optimizer state was dropped because the parameter set changed. The CLI
+    prints each as one ``warning:`` line on stderr (stdout stays clean for ``--json``); the
+    API leaves them to Python's warnings machinery.
+    """

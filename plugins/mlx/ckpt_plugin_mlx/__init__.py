@@ -1,0 +1,1 @@
+"""MLX step checkpoints (step_XXXXXX.safetensors + state JSON) for ckpt-core."""

@@ -1,0 +1,1 @@
+"""Moshi fine-tuning run directories with TTT layers for ckpt-core."""

@@ -1,0 +1,1 @@
+"""nanoGPT ckpt.pt and modded-nanogpt (qkv_w, qkvo_w) checkpoints for ckpt-core."""
