@@ -74,3 +74,22 @@ def test_load_refuses_a_checkpoint_that_claims_a_family_it_does_not_fit(tmp_path
     save_file(sd, str(tmp_path / "bad.safetensors"), metadata={"ckpt_core": json.dumps(graph)})
     with pytest.raises(CorruptInput, match=r"not a valid gpt checkpoint: transformer.h.0.attn.c_attn.weight: shape \[90, 32\]"):
         ckpt_core.load(tmp_path / "bad.safetensors")
+
+
+def test_adamw_param_order_matches_nanogpt_configure_optimizers():
+    """Built like nanoGPT's configure_optimizers: decay group (dim >= 2) then no-decay group."""
+    torch = pytest.importorskip("torch")
+    from ckpt_core.gpt import adamw_param_order
+
+    model = torch.nn.ModuleDict({
+        "wte": torch.nn.Embedding(11, 4), "ln": torch.nn.LayerNorm(4), "fc": torch.nn.Linear(4, 8), "head": torch.nn.Linear(4, 11, bias=False),
+    })
+    model["head"].weight = model["wte"].weight  # tied: named_parameters lists it once
+    params = dict(model.named_parameters())
+    decay = [p for p in params.values() if p.dim() >= 2]
+    no_decay = [p for p in params.values() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay}])
+    by_position = {i: p for i, p in enumerate(optimizer.param_groups[0]["params"] + optimizer.param_groups[1]["params"])}
+    order = adamw_param_order([(n, p.dim()) for n, p in params.items()])
+    assert order == ["wte.weight", "fc.weight", "ln.weight", "ln.bias", "fc.bias"]
+    assert all(by_position[i] is params[name] for i, name in enumerate(order))

@@ -47,6 +47,18 @@ GPT = FamilySchema(
 )
 
 
+def adamw_param_order(parameters: list[tuple[str, int]]) -> list[str]:
+    """The parameter names in the positional order of nanoGPT's AdamW state.
+
+    ``parameters`` is ``model.named_parameters()`` as (name, ndim) pairs, in registration
+    order, each shared parameter once (a tied ``lm_head.weight`` is not listed) and only
+    those that require grad. ``configure_optimizers`` puts every tensor of 2 or more
+    dimensions in group 0 (weight decay) and the rest in group 1, each in that order; the
+    optimizer numbers its state 0, 1, 2, ... across the groups.
+    """
+    return [n for n, ndim in parameters if ndim >= 2] + [n for n, ndim in parameters if ndim < 2]
+
+
 @hookimpl
 def ckpt_families():
     return [GPT]
