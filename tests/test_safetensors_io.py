@@ -31,6 +31,8 @@ def sample_arrays(seed: int = 0) -> dict[str, np.ndarray]:
             arr = rng.integers(0, 2, size=shape).astype(np.bool_)
         elif np_dtype.kind == "f":
             arr = rng.standard_normal(size=shape).astype(np_dtype)
+        elif np_dtype.kind == "c":
+            arr = (rng.standard_normal(size=shape) + 1j * rng.standard_normal(size=shape)).astype(np_dtype)
         else:
             info = np.iinfo(np_dtype)
             arr = rng.integers(info.min, info.max, size=shape, dtype=np_dtype, endpoint=True)

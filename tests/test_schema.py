@@ -93,3 +93,28 @@ def test_adamw_param_order_matches_nanogpt_configure_optimizers():
     order = adamw_param_order([(n, p.dim()) for n, p in params.items()])
     assert order == ["wte.weight", "fc.weight", "ln.weight", "ln.bias", "fc.bias"]
     assert all(by_position[i] is params[name] for i, name in enumerate(order))
+
+
+def test_other_indexes_match_any_number_and_never_count_as_layers():
+    from hypothesis import given
+
+    from ckpt_core.testing import SETTINGS, checkpoints
+
+    schema = FamilySchema("two-stacks", "layers {i}, per-step {k} and a second stack {j}", (
+        TensorRule("layers.{i}.w", ("d",)),
+        TensorRule("emb.{k}.weight", ("v", "d")),
+        TensorRule("dep.{j}.proj.{k}.weight", ("d", "d")),
+    ), derive={"v": ("emb.{k}.weight", 0)})
+    shapes = {"layers.0.w": (4,), "layers.1.w": (4,), "emb.0.weight": (7, 4), "emb.12.weight": (7, 4),
+              "dep.3.proj.5.weight": (4, 4)}
+    assert schema.derive_params(shapes) == {"n_layer": 2, "v": 7}
+    assert schema.problems(shapes, {"d": 4}) == []
+    assert schema.problems({"layers.0.w": (4,), "emb.0.weight": (7, 4)}, {"d": 4}) == ["dep.{j}.proj.{k}.weight: missing"]
+    assert schema.rule_for("emb.{k}.weight") is None
+
+    @SETTINGS
+    @given(checkpoints(family=schema))
+    def drawn_checkpoints_fit(ck):
+        assert schema.problems({n: ck.tensor(n).shape for n in ck.names()}, ck.arch.params) == []
+
+    drawn_checkpoints_fit()

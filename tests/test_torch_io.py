@@ -29,6 +29,12 @@ def test_round_trip_every_dtype_bit_exact(dtype):
     assert torch.equal(back.reshape(-1).view(torch.uint8), original.contiguous().reshape(-1).view(torch.uint8))
 
 
+@pytest.mark.parametrize("dtype", ["F32", "BF16", "I64", "U8"])
+def test_empty_tensors_of_every_width_convert(dtype):
+    back = Tensor.from_bytes(b"", dtype, (0, 3)).to_torch()
+    assert back.shape == (0, 3) and back.dtype == getattr(torch, torch_io.TORCH_DTYPES[dtype])
+
+
 def test_zero_dim_and_non_contiguous():
     assert torch_io.from_torch(torch.tensor(1.5)).numpy() == 1.5
     x = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()
@@ -73,3 +79,19 @@ def test_tensor_to_torch_matches_from_numpy():
 
     t = Tensor.from_numpy(np.array([0x3F80, 0x4000], dtype=np.uint16), "BF16")
     assert t.to_torch().tolist() == [1.0, 2.0]
+
+
+def test_tree_from_torch_makes_plain_trees_with_lazy_tensors():
+    import collections
+
+    import numpy as np
+
+    loaded = collections.OrderedDict(w=torch.ones(2, dtype=torch.bfloat16), rng=np.arange(3, dtype=np.uint32),
+                                     n=np.int64(7), shape=torch.Size([2, 3]), groups=[{"lr": 0.1, "params": (0, 1)}])
+    tree = torch_io.tree_from_torch(loaded)
+    assert type(tree) is dict and list(tree) == ["w", "rng", "n", "shape", "groups"]
+    assert isinstance(tree["w"], Tensor) and tree["w"].dtype == "BF16"
+    assert isinstance(tree["rng"], Tensor) and tree["rng"].numpy().tolist() == [0, 1, 2]
+    assert tree["n"] == 7 and type(tree["n"]) is int
+    assert tree["shape"] == (2, 3) and type(tree["shape"]) is tuple
+    assert tree["groups"] == [{"lr": 0.1, "params": (0, 1)}]

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from . import api, losses
-from .dtypes import ALL_DTYPES
+from .dtypes import ALL_DTYPES, STANDARD_DTYPES
 from .errors import CkptError, CkptWarning, UnknownFormat
 from .model import Checkpoint, FormatSpec, RunEntry, TrainState
 from .plugins import registry
@@ -483,13 +483,21 @@ def cmd_plugins(args) -> None:
             _pairs([
                 ("capabilities", ", ".join(f["capabilities"]) or "none"),
                 ("families", "any" if f["families"] == ["*"] else ", ".join(f["families"])),
-                ("dtypes", "all" if set(f["dtypes"]) == ALL_DTYPES else ", ".join(f["dtypes"])),
+                ("dtypes", _dtype_list(set(f["dtypes"]))),
                 ("files", ", ".join(f["patterns"]) or "-"),
                 ("run dirs", "yes" if f["run_dirs"] else "no"),
                 *[("option", f"{k}: {v}") for k, v in f["options"].items()],
             ], indent=4)
         for fam in p["families"]:
             print(f"  family {fam['name']}: {fam['description']}")
+
+
+def _dtype_list(names: set[str]) -> str:
+    if names == ALL_DTYPES:
+        return "all"
+    if names == STANDARD_DTYPES:
+        return "all but C64"
+    return ", ".join(sorted(names))
 
 
 def _format_facts(spec: FormatSpec) -> dict[str, Any]:

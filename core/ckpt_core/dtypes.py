@@ -40,10 +40,15 @@ _TABLE = [
     DType("F64", 8, np.dtype("<f8"), True),
     DType("F8_E4M3", 1, None, True),
     DType("F8_E5M2", 1, None, True),
+    DType("C64", 8, np.dtype("<c8"), False),  # complex64: two F32 words (MLX holds it)
 ]
 
 DTYPES: dict[str, DType] = {d.name: d for d in _TABLE}
 ALL_DTYPES: frozenset[str] = frozenset(DTYPES)
+# What a format holds unless its FormatSpec declares otherwise: all but complex64, which
+# formats declare explicitly (canonical, safetensors, mlx) because most training code and
+# libraries have no complex weights.
+STANDARD_DTYPES: frozenset[str] = ALL_DTYPES - {"C64"}
 
 _FROM_NUMPY = {d.numpy: d.name for d in _TABLE if d.numpy is not None}
 

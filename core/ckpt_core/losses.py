@@ -49,7 +49,7 @@ def find(ck: Checkpoint, spec: FormatSpec) -> list[Loss]:
         losses.append(Loss("kv_sharing", f"KV sharing map {ck.kv_sharing}", "--allow-loss kv_sharing"))
     if ck.trainable is not None and "trainable" not in caps:
         losses.append(Loss("trainable", f"trainable set ({len(ck.trainable)} tensors)", "--allow-loss trainable"))
-    foreign = [f for f in ck.extra if f != spec.name]
+    foreign = [f for f in ck.extra if f != spec.name and f not in spec.extra_of]
     if foreign and "extra" not in caps:
         losses.append(Loss("extra", f"format-specific fields of {', '.join(foreign)}", "--allow-loss extra"))
     bad = sorted({t.dtype for t in _all_tensors(ck)} - spec.dtypes)
@@ -79,7 +79,7 @@ def apply_allowed(ck: Checkpoint, spec: FormatSpec, allow: Collection[str]) -> C
     if "trainable" in allow and "trainable" not in spec.capabilities:
         ck = ck.evolve(trainable=None)
     if "extra" in allow and "extra" not in spec.capabilities:
-        ck = ck.evolve(extra={k: v for k, v in ck.extra.items() if k == spec.name})
+        ck = ck.evolve(extra={k: v for k, v in ck.extra.items() if k == spec.name or k in spec.extra_of})
     left = find(ck, spec)
     if left:
         raise LossyConversion(f"converting to {spec.name!r} would lose: " + "; ".join(map(str, left)) + ". Nothing was written.", left)

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .dtypes import ALL_DTYPES
+from .dtypes import STANDARD_DTYPES
 from .errors import CorruptInput
 from .tensor import Tensor
 
@@ -207,20 +207,23 @@ class FormatSpec:
     - ``families``: family names the format can hold; ``("*",)`` means any.
     - ``capabilities``: a subset of CAPABILITIES; a checkpoint that has one of these and is
       converted to a format without it is refused before anything is written.
-    - ``dtypes``: the dtypes the format can store.
+    - ``dtypes``: the dtypes the format can store (default: all but C64, complex64).
     - ``patterns``: file or directory names it reads (for docs and ``plugins``).
     - ``options``: option name -> one-line help; ``convert --option`` refuses any other.
     - ``run_dirs``: True when the format lists checkpoints in a run directory.
+    - ``extra_of``: other formats whose ``extra`` fields this one keeps as well as its own
+      (formats of one plugin that carry the same files, such as a teacher's tokenizer).
     """
 
     name: str
     description: str
     families: tuple[str, ...] = ("*",)
     capabilities: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
-    dtypes: frozenset[str] = attrs.field(default=ALL_DTYPES, converter=frozenset)
+    dtypes: frozenset[str] = attrs.field(default=STANDARD_DTYPES, converter=frozenset)
     patterns: tuple[str, ...] = ()
     options: dict[str, str] = attrs.field(factory=dict)
     run_dirs: bool = False
+    extra_of: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
 
     def holds_family(self, family: str) -> bool:
         return "*" in self.families or family in self.families

@@ -20,9 +20,15 @@ import attrs
 from .errors import CorruptInput
 
 
+# Placeholders for numbers that are not layer numbers (a codebook, a per-step weight, a
+# second stack's layer): they match any number and never count towards ``n_layer``.
+OTHER_INDEXES = ("{j}", "{k}")
+
+
 @attrs.frozen
 class TensorRule:
-    """Tensors whose names match ``pattern`` (``{i}``: layer number) and their shape.
+    """Tensors whose names match ``pattern`` (``{i}``: layer number; ``{j}``, ``{k}``: any
+    other number) and their shape.
 
     ``shape`` entries are ints or expressions over hyper-parameters; None accepts any shape.
     A required per-layer rule must match for every layer in ``range(n_layer)``.
@@ -34,7 +40,10 @@ class TensorRule:
 
     @property
     def regex(self) -> re.Pattern:
-        return re.compile(re.escape(self.pattern).replace(re.escape("{i}"), r"(\d+)") + r"\Z")
+        text = re.escape(self.pattern).replace(re.escape("{i}"), r"(\d+)")
+        for index in OTHER_INDEXES:
+            text = text.replace(re.escape(index), r"\d+")
+        return re.compile(text + r"\Z")
 
 
 @attrs.frozen

@@ -8,12 +8,16 @@ share this one safe path instead of each writing its own:
   is refused with UnsafeInput naming every one of them; a damaged file is CorruptInput.
 - ``from_torch`` wraps a torch tensor as a lazy ckpt-core Tensor (bytes read when a writer
   streams it); ``to_torch`` goes the other way, exactly, BF16 and FP8 included.
+- ``tree_from_torch`` does that for a whole loaded pickle (optimizer state, configs).
+  Writing goes the other way through ``ckpt_core.torch_save``, which streams Tensors.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ from .tensor import Tensor
 TORCH_DTYPES = {
     "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "F16": "float16",
     "BF16": "bfloat16", "U32": "uint32", "I32": "int32", "F32": "float32", "U64": "uint64", "I64": "int64",
-    "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64",
 }
 
 
@@ -50,12 +54,41 @@ def from_torch(t) -> Tensor:
     return Tensor.from_loader(dtype_name(t.dtype), tuple(t.shape), load)
 
 
+def tree_from_torch(value: Any) -> Any:
+    """A loaded pickle's data as a ckpt-core tree: torch tensors and numpy arrays become
+    lazy Tensors, numpy scalars and ``torch.Size`` plain Python, OrderedDicts plain dicts."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return from_torch(value)
+    if isinstance(value, np.ndarray):
+        return Tensor.from_numpy(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Size):
+        return tuple(value)
+    if isinstance(value, dict):
+        return {k: tree_from_torch(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(tree_from_torch(v) for v in value)
+    return value
+
+
 def to_torch(t: Tensor):
     """A torch tensor with the same dtype, shape and bytes as ``t`` (reads its data)."""
     import torch
 
+    dtype = getattr(torch, TORCH_DTYPES[t.dtype])
+    if t.nbytes == 0:  # torch cannot view an empty byte tensor as a wider dtype
+        return torch.empty(t.shape, dtype=dtype)
     words = torch.from_numpy(t.raw().reshape(-1).view(np.uint8).copy())
-    return words.view(getattr(torch, TORCH_DTYPES[t.dtype])).reshape(t.shape)
+    return words.view(dtype).reshape(t.shape)
+
+
+def _global_name(entry) -> str:
+    if isinstance(entry, tuple):
+        return entry[1]
+    return f"{entry.__module__}.{entry.__qualname__}"
 
 
 def unsafe_globals(path: Path) -> list[str]:
@@ -68,11 +101,14 @@ def unsafe_globals(path: Path) -> list[str]:
         return []
 
 
-def load_pickle(path: Path | str, mmap: bool = True) -> Any:
+def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[Any] = ()) -> Any:
     """``torch.load`` made safe: weights only, mmap-ed where the file allows, on the CPU.
 
-    Raises UnsafeInput naming the globals when the pickle needs code to load, CorruptInput
-    when the file is damaged, NotFound when it is missing.
+    ``allowed_globals`` are more globals the pickle may name (what
+    ``torch.serialization.safe_globals`` takes: objects, or ``(object, "module.name")``
+    pairs), for files that hold, say, numpy RNG states; a caller allows exactly the ones its
+    format needs. Raises UnsafeInput naming the other globals when the pickle needs them,
+    CorruptInput when the file is damaged, NotFound when it is missing.
     """
     import torch
 
@@ -81,10 +117,13 @@ def load_pickle(path: Path | str, mmap: bool = True) -> Any:
         raise NotFound(f"{path}: no such file")
     use_mmap = mmap and zipfile.is_zipfile(path)  # torch's legacy (non-zip) files cannot be mmap-ed
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
-            names = unsafe_globals(path) or ["(see --debug)"]
+            allowed = {_global_name(g) for g in allowed_globals}
+            built = re.findall(r"but got <class '([\w.]+)'>", str(e))  # a type to build, which the scan misses
+            names = [n for n in unsafe_globals(path) if n not in allowed] or built or ["(see --debug)"]
             raise UnsafeInput(f"{path}: loading it would run code from the file (it needs {', '.join(names)}); refused") from e
         raise CorruptInput(f"{path}: not a readable torch pickle ({e})") from e
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:

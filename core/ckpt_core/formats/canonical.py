@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import safetensors_io, tree
+from ..dtypes import ALL_DTYPES
 from ..errors import CorruptInput
 from ..hookspecs import hookimpl
 from ..model import CAPABILITIES, Adapter, Arch, Checkpoint, Detection, FormatSpec, Layout, TrainState
@@ -34,6 +35,7 @@ SPEC = FormatSpec(
     name=NAME,
     description="ckpt-core's lossless directory: safetensors shards + manifest.json",
     capabilities=frozenset(CAPABILITIES),
+    dtypes=ALL_DTYPES,
     patterns=(MANIFEST, "model*.safetensors", STATE_FILE),
     options={
         "max_shard_size": "largest shard when writing, as 5GB (decimal) or 4GiB; default 5GB",

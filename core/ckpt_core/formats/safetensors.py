@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import safetensors_io, tree
+from ..dtypes import ALL_DTYPES
 from ..errors import CorruptInput, LossyConversion, NotFound
 from ..hookspecs import hookimpl
 from ..model import Arch, Checkpoint, Detection, FormatSpec, Layout
@@ -26,6 +27,7 @@ SPEC = FormatSpec(
     name=NAME,
     description="a .safetensors file, or a directory of shards with model.safetensors.index.json",
     capabilities=frozenset({"ties", "kv_sharing", "trainable"}),
+    dtypes=ALL_DTYPES,
     patterns=("*.safetensors", "*.safetensors.index.json"),
     options={
         "max_shard_size": "largest shard when writing a directory, as 5GB (decimal) or 4GiB; default 5GB",

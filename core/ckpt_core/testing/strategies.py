@@ -21,7 +21,7 @@ from hypothesis.errors import InvalidArgument
 
 from .. import dtypes as dtype_table
 from ..model import SCALINGS, Adapter, Arch, Checkpoint, FormatSpec, OptimizerState, TrainState
-from ..schema import FamilySchema, TensorRule, expected_shape
+from ..schema import OTHER_INDEXES, FamilySchema, TensorRule, expected_shape
 from ..tensor import Tensor
 
 # Keys that look like ckpt_core.tree's tags: trees must escape them.
@@ -33,8 +33,8 @@ shapes = st.lists(st.integers(0, 4), max_size=3).map(tuple)
 
 
 def dtypes(allowed: Collection[str] | None = None) -> st.SearchStrategy[str]:
-    """Safetensors dtype names: ``allowed`` ones, or all 15."""
-    names = [d for d in dtype_table.DTYPES if allowed is None or d in allowed]
+    """Safetensors dtype names: ``allowed`` ones, or the 15 standard ones (not C64)."""
+    names = [d for d in dtype_table.DTYPES if d in (dtype_table.STANDARD_DTYPES if allowed is None else allowed)]
     if not names:
         raise InvalidArgument(f"no known dtype in {sorted(allowed)}")
     return st.sampled_from(names)
@@ -110,7 +110,7 @@ def checkpoints(draw, family: str | FamilySchema | None = None, dtypes: Collecti
     None (sometimes), True (always, where possible) or False (never); ``optimizer`` is
     the optimizer state inside the train state.
     """
-    allowed = [d for d in dtype_table.DTYPES if dtypes is None or d in dtypes]
+    allowed = [d for d in dtype_table.DTYPES if d in (dtype_table.STANDARD_DTYPES if dtypes is None else dtypes)]
     floats = [d for d in allowed if dtype_table.get(d).is_float]
     if not allowed:
         raise InvalidArgument(f"no known dtype in {sorted(dtypes)}")
@@ -205,7 +205,7 @@ def _family(draw, schema: FamilySchema, ties: bool | None):
 
     def flush():
         for i in range(params["n_layer"]):
-            specs.update((rule.pattern.replace("{i}", str(i)), shape) for rule, shape in pending)
+            specs.update((_concrete(rule.pattern).replace("{i}", str(i)), shape) for rule, shape in pending)
         pending.clear()
 
     top: dict[tuple, str] = {}  # shape expression of a top-level tensor -> its name
@@ -225,13 +225,20 @@ def _family(draw, schema: FamilySchema, ties: bool | None):
         flush()
         target = top.get(rule.shape) if rule.shape is not None else None
         if target is not None and ties is not False and (ties or draw(st.booleans())):
-            tie_map[rule.pattern] = target
+            tie_map[_concrete(rule.pattern)] = target
             continue
-        specs[rule.pattern] = shape
+        specs[_concrete(rule.pattern)] = shape
         if rule.shape is not None:
-            top.setdefault(rule.shape, rule.pattern)
+            top.setdefault(rule.shape, _concrete(rule.pattern))
     flush()
     return Arch(schema.name, params), specs, tie_map
+
+
+def _concrete(pattern: str) -> str:
+    """A rule's pattern with its non-layer indexes (``{j}``, ``{k}``) set to 0."""
+    for index in OTHER_INDEXES:
+        pattern = pattern.replace(index, "0")
+    return pattern
 
 
 def _param_names(schema: FamilySchema) -> set[str]:

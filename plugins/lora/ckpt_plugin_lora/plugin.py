@@ -1,8 +1,173 @@
-"""The ckpt-core hook implementations of ckpt-plugin-lora (placeholder until the plugin is written)."""
+"""The ckpt-core hooks of ckpt-plugin-lora: formats ``lora-nanogpt`` and ``peft``.
 
-from ckpt_core import hookimpl
+Both hold the core's ``gpt`` family with adapters as edges, never merged unless asked
+(``--option merge=true`` here, or the core's ``--merge-adapters``). Options that change
+the adapters (``rank``, ``targets``, ``rank_change``) apply when writing ``lora-nanogpt``;
+when they change the parameter set, optimizer state is dropped with a one-line warning,
+as the fork itself does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ckpt_core import Checkpoint, CkptWarning, FormatSpec, UsageError, hookimpl
+
+from . import detection, edit, forkfile, peftdir
+
+FORK_SPEC = FormatSpec(
+    name=forkfile.NAME,
+    description="the nanoGPT LoRA fork's ckpt.pt: main_weight + lora_A/lora_B state dict, or its merged universal save",
+    families=("gpt",),
+    capabilities=frozenset({"adapters", "ties", "train_state", "optimizer_state"}),
+    patterns=("ckpt.pt", "*.pt"),
+    options={
+        "merge": "true: merge the adapters into their weights (float32, rounded back to the weight's dtype)",
+        "tied_head": "when merging: untie (default: the tied head keeps the unmerged weight, as the LoRA model "
+                     "computes) or tie (tie kept, head merged too)",
+        "rank": "writing: adapters of this rank (fresh ones on a plain model; a LoRA model needs rank_change)",
+        "targets": "with rank: attn, embedding or attn,embedding (default: the existing adapters, else attn)",
+        "alpha": "lora_alpha of fresh adapters (default 1.0); reading a bare state dict: its lora_alpha",
+        "rank_change": "pad (exact: zero-pads A and B, alpha rescaled, same outputs) or merge (merges the old "
+                       "adapters in float32, then fresh ones)",
+        "init": "fresh A matrices: kaiming (uniform, the fork's default) or normal",
+        "seed": "seed of the fresh adapters (default 0; the same seed gives the same bytes)",
+    },
+)
+
+PEFT_SPEC = FormatSpec(
+    name=peftdir.NAME,
+    description="a Hugging Face peft LoRA adapter directory on GPT-2 (adapter_config.json + adapter_model.safetensors)",
+    families=("gpt",),
+    capabilities=frozenset({"adapters", "ties"}),
+    patterns=(peftdir.CONFIG, *peftdir.WEIGHTS),
+    options={
+        "base": "the base model (HF GPT-2 directory or any checkpoint); when writing, only the adapters are "
+                "written and the config points there (default: a copy in base_model/)",
+    },
+)
 
 
 @hookimpl
 def ckpt_formats():
-    return []
+    return [FORK_SPEC, PEFT_SPEC]
+
+
+@hookimpl
+def detect(path: Path):
+    return [d for d in (detection.detect_fork(path), detection.detect_peft(path)) if d is not None] or None
+
+
+def _flag(options: dict, name: str) -> bool:
+    value = options.get(name, False)
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise UsageError(f"option {name} takes true or false, not {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def _int(options: dict, name: str, default: int | None = None) -> int | None:
+    value = options.get(name, default)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"option {name} takes an integer, not {value!r}") from None
+
+
+def drop_optimizer(ck: Checkpoint, why: str) -> Checkpoint:
+    """``ck`` without optimizer state (with a one-line warning), if it had any."""
+    ts = ck.train_state
+    if ts is None or ts.optimizer is None:
+        return ck
+    warnings.warn(f"optimizer state dropped: {why}; training resumes with a fresh optimizer", CkptWarning, stacklevel=3)
+    return ck.evolve(train_state=attrs.evolve(ts, optimizer=None))
+
+
+def _merge(ck: Checkpoint, options: dict) -> Checkpoint:
+    if not _flag(options, "merge") or not ck.adapters:
+        return ck
+    merged = edit.merge(ck, options.get("tied_head", "untie"))
+    stale = ck.train_state and ck.train_state.optimizer and any("::" in n for n in ck.train_state.optimizer.param_state)
+    return drop_optimizer(merged, "the adapters were merged, so the parameter set changed") if stale else merged
+
+
+@hookimpl
+def to_canonical(path: Path, format: str, options: dict[str, Any]):
+    if format == forkfile.NAME:
+        alpha = options.get("alpha")
+        return _merge(forkfile.read(path, float(alpha) if alpha is not None else None), options)
+    if format == peftdir.NAME:
+        return peftdir.read(path, options.get("base"))
+    return None
+
+
+def _targets(value) -> list[str]:
+    if isinstance(value, str):
+        return [t.strip() for t in value.split(",") if t.strip()]
+    return list(value)
+
+
+def _edit(ck: Checkpoint, options: dict) -> Checkpoint:
+    """Apply ``merge``, ``rank``, ``targets`` and ``rank_change`` to ``ck``."""
+    if "tied_head" in options and not (_flag(options, "merge") or options.get("rank_change") == "merge"):
+        raise UsageError("option tied_head applies when merging: add --option merge=true (or rank_change=merge)")
+    ck = _merge(ck, options)
+    rank = _int(options, "rank")
+    if rank is None:
+        given = [k for k in ("targets", "rank_change", "init", "seed") if k in options]
+        if given:
+            raise UsageError(f"option {given[0]} needs --option rank=N")
+        return ck
+    if rank < 1:
+        raise UsageError(f"rank must be at least 1, not {rank}")
+    if "targets" in options:
+        names = edit.targets_of(ck, _targets(options["targets"]))
+    else:
+        names = list(ck.adapters) or edit.targets_of(ck, ["attn"])
+    if not names:
+        raise UsageError(f"no tensor of this checkpoint is a target ({options.get('targets', 'attn')})")
+    resized = [n for n in names if n in ck.adapters and ck.adapters[n].rank != rank]
+    change = options.get("rank_change")
+    if resized and change not in ("pad", "merge"):
+        old = sorted({ck.adapters[n].rank for n in resized})
+        raise UsageError(f"the adapters have rank {'/'.join(map(str, old))}, not {rank}: pass --option rank_change=pad "
+                         "(exact: zero-padding computes the same) or rank_change=merge (merges them into the weights in "
+                         "float32, then fresh adapters)")
+    if change == "pad" and resized:
+        if "alpha" in options:
+            raise UsageError("rank_change=pad keeps each adapter's scale exact by rescaling alpha; leave out alpha")
+        ck = ck.evolve(adapters={n: edit.pad(a, rank) if n in resized else a for n, a in ck.adapters.items()})
+    elif change == "merge" and resized:
+        ck = edit.merge(ck, options.get("tied_head", "untie"), only=resized)
+    new = [n for n in names if n not in ck.adapters]
+    alpha = float(options.get("alpha", 1.0))
+    ck = edit.add_fresh(ck, new, rank, alpha, options.get("init", "kaiming"), _int(options, "seed", 0))
+    if new or resized:
+        what = f"{len(new)} fresh adapter(s)" if new else f"rank {rank}"
+        ck = drop_optimizer(ck, f"the parameter set changed ({what})")
+    return ck
+
+
+@hookimpl
+def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dict[str, Any]):
+    if format == forkfile.NAME:
+        forkfile.write(_edit(checkpoint, options), path)
+        return True
+    if format == peftdir.NAME:
+        peftdir.write(checkpoint, path, options.get("base"))
+        return True
+    return None
+
+
+@hookimpl
+def train_state(path: Path, format: str):
+    if format == forkfile.NAME:
+        return forkfile.train_state(path)
+    return None

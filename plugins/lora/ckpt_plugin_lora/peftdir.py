@@ -1,0 +1,212 @@
+"""Hugging Face peft LoRA adapter directories on GPT-2, read onto their base model.
+
+    adapter/
+      adapter_config.json          peft_type LORA, r, lora_alpha, target_modules, ...
+      adapter_model.safetensors    base_model.model.<module>.lora_A.weight ... (or .bin)
+      base_model/                  the base model as HF GPT-2 (written by ckpt-core only)
+
+A peft directory holds adapters only, so a canonical checkpoint needs the base weights
+too. Reading takes them from ``--option base=PATH``, else ``base_model/`` inside the
+directory, else ``base_model_name_or_path`` when it is a local path. The base may be an HF
+GPT-2 directory (Conv1D weights [in, out], transposed exactly) or anything ckpt-core reads.
+Writing puts the base in ``base_model/`` as an HF GPT-2 directory, unless ``base=PATH``
+names where it already is (then only the adapters are written and the config points there).
+Adapter fields peft's config cannot say go to the safetensors metadata key ``ckpt_core``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ckpt_core import Adapter, Checkpoint, CorruptInput, Layout, LossyConversion, NotFound, UsageError
+from ckpt_core import safetensors_io, torch_save
+from ckpt_core.torch_io import from_torch, load_pickle
+
+from . import hfgpt2, keys
+
+NAME = "peft"
+CONFIG = "adapter_config.json"
+WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+BASE_DIR = "base_model"
+META_KEY = "ckpt_core"
+SCALINGS = {False: "alpha/rank", True: "alpha/sqrt(rank)"}
+
+
+def _config(path: Path) -> dict:
+    try:
+        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotFound(f"{path / CONFIG}: no such file") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise CorruptInput(f"{path / CONFIG}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise CorruptInput(f"{path / CONFIG}: not a peft LoRA config (peft_type {config.get('peft_type') if isinstance(config, dict) else None!r})")
+    if config.get("use_dora"):
+        raise CorruptInput(f"{path / CONFIG}: DoRA adapters (use_dora) have a magnitude vector ckpt-core does not model")
+    return config
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """peft's ``rank_pattern`` / ``alpha_pattern`` lookup: a key matches a module path's end."""
+    for pattern, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?{pattern}\Z", module):
+            return value
+    return default
+
+
+def _weights(path: Path) -> tuple[str, dict, dict]:
+    """The adapter weight file's name, its tensors and its metadata."""
+    for name in WEIGHTS:
+        if (path / name).is_file():
+            if name.endswith(".safetensors"):
+                tensors, metadata = safetensors_io.open_file(path / name)
+                return name, tensors, dict(metadata or {})
+            obj = load_pickle(path / name)
+            if not isinstance(obj, dict):
+                raise CorruptInput(f"{path / name}: not a state dict")
+            return name, {k: from_torch(v) for k, v in obj.items()}, {}
+    raise NotFound(f"{path}: no {' or '.join(WEIGHTS)}")
+
+
+def _base_path(path: Path, config: dict, option: Any) -> tuple[Path, str]:
+    if option:
+        return Path(option), "option"
+    if (path / BASE_DIR).is_dir():
+        return path / BASE_DIR, "directory"
+    named = config.get("base_model_name_or_path")
+    if isinstance(named, str) and named:
+        for candidate in (Path(named), path / named):
+            if candidate.exists():
+                return candidate, "config"
+    raise UsageError(f"{path}: a peft directory holds adapters only and its base model ({named!r}) is not a local path; "
+                     "pass --option base=<the base model's directory or checkpoint>")
+
+
+def read(path: Path, base: Any = None) -> Checkpoint:
+    config = _config(path)
+    weights_name, tensors, metadata = _weights(path)
+    base_path, source = _base_path(path, config, base)
+    base_ck = hfgpt2.read(base_path) if hfgpt2.is_hf_gpt2(base_path) else _load_any(base_path)
+    if base_ck.adapters:
+        raise UsageError(f"{base_path}: the base model already has adapters; merge them first (--merge-adapters)")
+    stored = json.loads(metadata.pop(META_KEY, "{}") or "{}")
+    parts: dict[str, dict[str, Any]] = {}
+    kinds: dict[str, str] = {}
+    for key, t in tensors.items():
+        short = key.removeprefix(keys.PEFT_PREFIX)
+        found = keys.match(keys.PEFT, short) if short != key else None
+        if found is None:
+            raise CorruptInput(f"{path / weights_name}: {key!r} is not a peft LoRA key ckpt-core reads")
+        name, part = found
+        parts.setdefault(name, {})[part[0]] = keys.orient(t, part)
+        kinds[name] = "embedding" if "lora_embedding_" in short else "linear"
+    adapters = {}
+    scaling = SCALINGS[bool(config.get("use_rslora"))]
+    for name, p in parts.items():
+        if set(p) != {"a", "b"}:
+            raise CorruptInput(f"{path / weights_name}: the adapter on {name!r} lacks its {'B' if 'a' in p else 'A'} matrix")
+        if name not in base_ck.tensors and name not in base_ck.ties:
+            raise CorruptInput(f"{path}: adapter on {name!r}, which the base model {base_path} does not have")
+        module = keys.module_of(name)
+        e = stored.get("adapters", {}).get(name, {})
+        alpha = e["alpha"] if "alpha" in e else float(_pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", 8)))
+        adapters[name] = Adapter(p["a"], p["b"], alpha, e.get("scaling", scaling), e.get("kind", kinds[name]))
+    facts = {"config": config, "weights": weights_name, "metadata": metadata, "base_source": source,
+             "base_layout": {"format": base_ck.layout.format, "facts": base_ck.layout.facts}}
+    return base_ck.evolve(adapters=adapters, layout=Layout(NAME, source, facts))
+
+
+def _load_any(path: Path) -> Checkpoint:
+    from ckpt_core import api
+
+    return api.load(path)
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+def _template() -> dict:
+    return {"base_model_name_or_path": None, "bias": "none", "fan_in_fan_out": True, "inference_mode": True,
+            "init_lora_weights": True, "lora_alpha": 8, "lora_dropout": 0.0, "modules_to_save": None,
+            "peft_type": "LORA", "r": 8, "rank_pattern": {}, "alpha_pattern": {}, "target_modules": [],
+            "task_type": None, "use_dora": False, "use_rslora": False}
+
+
+def _targets_cover(targets, modules: list[str]) -> bool:
+    if isinstance(targets, str):
+        return all(re.fullmatch(targets, m) for m in modules)
+    if isinstance(targets, list):
+        return all(any(m == t or m.endswith("." + t) for t in targets) for m in modules)
+    return False
+
+
+def _config_for(ck: Checkpoint, base_option: Any) -> tuple[dict, dict]:
+    """The adapter_config.json for ``ck``'s adapters, and the metadata entries it needs."""
+    facts = ck.layout.facts if ck.layout.format == NAME else {}
+    config = dict(facts.get("config") or _template())
+    modules = {keys.module_of(n): ad for n, ad in ck.adapters.items()}
+    extra: dict[str, dict] = {}
+    rsl = [ad.scaling == "alpha/sqrt(rank)" for ad in ck.adapters.values()]
+    use_rslora = bool(rsl) and Counter(rsl).most_common(1)[0][0]
+
+    def effective(cfg, module):
+        r = _pattern_value(cfg.get("rank_pattern"), module, cfg.get("r"))
+        return r, _pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha"))
+
+    def same(cfg, module, ad):
+        r, alpha = effective(cfg, module)
+        return r == ad.rank and isinstance(alpha, (int, float)) and float(alpha) == ad.alpha
+
+    fits = all(same(config, m, ad) for m, ad in modules.items())
+    if not fits or bool(config.get("use_rslora")) != use_rslora:
+        ranks = Counter(ad.rank for ad in modules.values())
+        alphas = Counter(ad.alpha for ad in modules.values())
+        r = ranks.most_common(1)[0][0] if ranks else config.get("r", 8)
+        alpha = alphas.most_common(1)[0][0] if alphas else config.get("lora_alpha", 8)
+        config.update(r=r, lora_alpha=alpha, use_rslora=use_rslora,
+                      rank_pattern={m: ad.rank for m, ad in modules.items() if ad.rank != r},
+                      alpha_pattern={m: ad.alpha for m, ad in modules.items() if ad.alpha != alpha})
+    if not _targets_cover(config.get("target_modules"), list(modules)):
+        config["target_modules"] = sorted({m.rpartition(".")[2] for m in modules})
+    for name, ad in ck.adapters.items():  # the kind is in the key names (lora_embedding_*)
+        if ad.scaling != SCALINGS[use_rslora] or type(ad.alpha) is not float or not same(config, keys.module_of(name), ad):
+            extra[name] = {"alpha": ad.alpha, "scaling": ad.scaling}
+    if base_option:
+        config["base_model_name_or_path"] = str(base_option)
+    return config, extra
+
+
+def write(ck: Checkpoint, path: Path, base: Any = None) -> None:
+    if base and not Path(base).exists():
+        raise UsageError(f"--option base={base}: no such base model; omit it to write the base into {BASE_DIR}/")
+    facts = ck.layout.facts if ck.layout.format == NAME else {}
+    bad = [n for n in ck.adapters if keys.module_of(n) is None]
+    if bad:
+        raise LossyConversion(f"peft holds adapters on '<module>.weight' tensors only; the adapter on {bad[0]!r} would be lost "
+                              "(merge it with --merge-adapters). Nothing was written.")
+    config, extra = _config_for(ck, base)
+    tensors = {}
+    for name, ad in ck.adapters.items():
+        wanted = ("bT", "aT") if ad.kind == "embedding" else ("a", "b")
+        for part in wanted:
+            key = keys.PEFT_PREFIX + keys.upstream(keys.PEFT, name, part)
+            t = ad.a if part[0] == "a" else ad.b
+            tensors[key] = t.T if part.endswith("T") else t
+    path.mkdir()
+    metadata = {"format": "pt", **facts.get("metadata", {})}
+    metadata.pop(META_KEY, None)
+    if extra:
+        metadata[META_KEY] = json.dumps({"adapters": extra}, separators=(",", ":"))
+    if facts.get("weights") == "adapter_model.bin" and not extra:
+        torch_save.save(tensors, path / "adapter_model.bin")
+    else:
+        safetensors_io.write_file(path / "adapter_model.safetensors", tensors, metadata)
+    if not base:
+        base_layout = facts.get("base_layout", {})
+        hf_config = base_layout.get("facts", {}).get("config") if base_layout.get("format") == "hf-gpt2" else None
+        hfgpt2.write(ck.evolve(adapters={}), path / BASE_DIR, hf_config)
+    safetensors_io.write_bytes(path / CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())

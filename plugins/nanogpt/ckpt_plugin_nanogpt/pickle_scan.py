@@ -1,0 +1,226 @@
+"""Reading a torch pickle's structure without torch, without tensor data, running nothing.
+
+``scan`` unpickles only the archive's ``data.pkl`` with a restricted unpickler: tensors
+become ``TensorStub`` records (dtype, shape, storage key: no data is read), and a class the
+file names that is not a plain container becomes an inert ``Record`` (its name and the
+arguments it was given), so a script-defined dataclass never runs. Detection uses the
+structure; ``stub_tensor`` turns a stub into a lazy Tensor over the zip member's bytes
+(torch stores them uncompressed), for files whose other parts ``weights_only`` refuses.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import io
+import math
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ckpt_core import dtypes
+from ckpt_core.errors import CorruptInput
+from ckpt_core.tensor import Tensor
+from ckpt_core.torch_io import TORCH_DTYPES
+
+MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds structure, not weights
+
+# torch's legacy storage class names -> safetensors dtype names
+_STORAGES = {
+    "BoolStorage": "BOOL", "ByteStorage": "U8", "CharStorage": "I8", "ShortStorage": "I16", "HalfStorage": "F16",
+    "BFloat16Storage": "BF16", "IntStorage": "I32", "FloatStorage": "F32", "LongStorage": "I64",
+    "DoubleStorage": "F64", "ComplexFloatStorage": "C64", "UntypedStorage": "U8",
+}
+_TORCH_DTYPES = {attr: name for name, attr in TORCH_DTYPES.items()}
+
+
+@attrs.frozen
+class StorageStub:
+    key: str
+    dtype: str
+    numel: int
+
+
+@attrs.frozen
+class TensorStub:
+    """A tensor named in a pickle: where its bytes are, never the bytes."""
+
+    storage: StorageStub
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str
+
+
+class Record:
+    """An instance of a class the pickle names and this reader does not run (inert)."""
+
+    qualname = "?"
+
+    def __new__(cls, *args, **kwargs):
+        self = object.__new__(cls)
+        self.args = args
+        self.state = None
+        return self
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<{self.qualname}>"
+
+
+def _encode(text, encoding):
+    """How protocol-2 pickles spell bytes: ``_codecs.encode(str, "latin1")`` (text codecs only)."""
+    if not isinstance(text, str) or codecs.lookup(encoding).name not in ("latin-1", "iso8859-1", "utf-8"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with {encoding!r}")
+    return codecs.encode(text, encoding)
+
+
+def _rebuild_tensor(storage, offset, shape, stride, *rest):
+    dtype = storage.dtype
+    if rest and isinstance(rest[-1], _DType):  # _rebuild_tensor_v3 names the dtype
+        dtype = rest[-1].name
+    return TensorStub(storage, int(offset), tuple(shape), tuple(stride), dtype)
+
+
+@attrs.frozen
+class _DType:
+    name: str
+
+
+def _newobj(cls, *args):
+    if not (isinstance(cls, type) and issubclass(cls, Record)):
+        raise pickle.UnpicklingError(f"refusing to build {cls!r}")
+    return cls.__new__(cls, *args)
+
+
+def _reconstructor(cls, base, state):
+    return _newobj(cls)
+
+
+_SAFE = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): lambda data, *rest: data,
+    ("torch._utils", "_rebuild_parameter_with_state"): lambda data, *rest: data,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): lambda text, encoding="utf-8": _encode(text, encoding),
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("torch", "Size"): tuple,
+    ("copyreg", "__newobj__"): _newobj,
+    ("copyreg", "_reconstructor"): _reconstructor,
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self.records: dict[str, type] = {}
+
+    def find_class(self, module, name):
+        if (module, name) in _SAFE:
+            return _SAFE[module, name]
+        if module in ("torch", "torch.storage") and name in _STORAGES:
+            return _STORAGES[name]
+        if module == "torch" and name in _TORCH_DTYPES:
+            return _DType(_TORCH_DTYPES[name])
+        qualname = f"{module}.{name}"
+        if qualname not in self.records:
+            self.records[qualname] = type(name, (Record,), {"qualname": qualname})
+        return self.records[qualname]
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        _, dtype, key, _location, numel = pid
+        if not isinstance(dtype, str):
+            raise pickle.UnpicklingError(f"unknown storage type {dtype!r}")
+        return StorageStub(str(key), dtype, int(numel))
+
+
+@attrs.frozen
+class Scan:
+    """A torch zip pickle's structure: the unpickled object (stubs for tensors), the names
+    of classes it needed that were left inert, and the archive's folder name."""
+
+    obj: Any
+    records: tuple[str, ...]
+    archive: str
+
+
+def pickle_member(zf: zipfile.ZipFile) -> str:
+    """The ``<archive>/data.pkl`` member name; CorruptInput if there is none."""
+    names = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1] or \
+            [n for n in zf.namelist() if n == "data.pkl"]
+    if len(names) != 1:
+        raise CorruptInput(f"{zf.filename}: not a torch zip pickle (no single data.pkl)")
+    return names[0]
+
+
+def scan(path: Path) -> Scan:
+    """Unpickle ``path``'s ``data.pkl`` inertly. CorruptInput if it is not a readable torch zip."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            member = pickle_member(zf)
+            if zf.getinfo(member).file_size > MAX_PICKLE_BYTES:
+                raise CorruptInput(f"{path}: data.pkl is {zf.getinfo(member).file_size} bytes, too large to be a checkpoint's structure")
+            data = zf.read(member)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CorruptInput(f"{path}: not a readable torch zip pickle ({e})") from None
+    unpickler = _Unpickler(data)
+    try:
+        obj = unpickler.load()
+    except Exception as e:  # any malformed pickle: the file is damaged, nothing ran
+        raise CorruptInput(f"{path}: damaged pickle in data.pkl ({type(e).__name__}: {e})") from None
+    return Scan(obj, tuple(sorted(unpickler.records)), member.rsplit("/", 1)[0])
+
+
+def stub_tensor(path: Path, archive: str, stub: TensorStub) -> Tensor:
+    """A lazy Tensor over the bytes of ``stub`` in the (uncompressed) zip at ``path``."""
+    item = dtypes.get(stub.dtype).itemsize
+    with zipfile.ZipFile(path) as zf:
+        try:
+            info = zf.getinfo(f"{archive}/data/{stub.storage.key}")
+        except KeyError:
+            raise CorruptInput(f"{path}: storage {stub.storage.key} is missing from the archive") from None
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CorruptInput(f"{path}: storage {stub.storage.key} is compressed; torch never writes that")
+        start = _data_offset(path, info)
+        size = info.file_size
+    if math.prod(stub.shape) == 0:
+        return Tensor.from_bytes(b"", stub.dtype, stub.shape)
+    last = stub.offset + sum((n - 1) * s for n, s in zip(stub.shape, stub.stride)) + 1
+    if stub.offset < 0 or last * item > size:
+        raise CorruptInput(f"{path}: a tensor reaches past the end of storage {stub.storage.key}")
+    contiguous = tuple(math.prod(stub.shape[i + 1:]) for i in range(len(stub.shape)))
+    if tuple(stub.stride) == contiguous:
+        return Tensor.from_file(path, start + stub.offset * item, stub.dtype, stub.shape)
+    whole = Tensor.from_file(path, start, stub.dtype, (size // item,))
+
+    def load() -> np.ndarray:
+        words = whole.raw()
+        view = np.lib.stride_tricks.as_strided(words[stub.offset:], stub.shape, [s * item for s in stub.stride])
+        return np.ascontiguousarray(view)
+
+    return Tensor.from_loader(stub.dtype, stub.shape, load)
+
+
+def _data_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    """Where a stored zip member's bytes start (after its local header)."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise CorruptInput(f"{path}: bad zip local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len

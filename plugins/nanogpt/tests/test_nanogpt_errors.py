@@ -1,0 +1,73 @@
+"""Bad input through the CLI: one line each, no traceback, a distinct exit code per kind."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import nanogpt_reference as ref  # noqa: E402
+from nanogpt_helpers import load, run  # noqa: E402
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_pickle_needing_globals_is_refused_naming_them(upstream, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    ckpt = load(upstream["nanogpt"])
+    ckpt["extra"] = ref.ScriptOptimizerState(str(marker), {})
+    path = tmp_path / "ckpt.pt"
+    torch.save(ckpt, path)
+    code, _, err = run(capsys, "inspect", path, "--format", "nanogpt")
+    assert code == 6 and "nanogpt_reference.ScriptOptimizerState" in _one_line(err)
+    assert not marker.exists()
+
+
+def test_truncated_zip_is_corrupt(upstream, tmp_path, capsys):
+    path = tmp_path / "ckpt.pt"
+    data = upstream["nanogpt"].read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    code, _, err = run(capsys, "inspect", path, "--format", "nanogpt")
+    assert code == 5 and "ckpt.pt" in _one_line(err)
+
+
+def test_missing_layer_is_named(upstream, tmp_path, capsys):
+    ckpt = load(upstream["nanogpt"])
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if ".h.1.ln_2." not in k}
+    path = tmp_path / "ckpt.pt"
+    torch.save(ckpt, path)
+    code, _, err = run(capsys, "inspect", path)
+    assert code == 5 and "transformer.h.1.ln_2.weight: missing" in _one_line(err)
+
+
+def test_mismatched_shape_is_named(upstream, tmp_path, capsys):
+    ckpt = load(upstream["modded"])
+    ckpt["model"]["_orig_mod.blocks.1.mlp.c_fc.weight"] = torch.zeros(100, 32)
+    path = tmp_path / "state_step000003.pt"
+    torch.save(ckpt, path)
+    code, _, err = run(capsys, "inspect", path)
+    assert code == 5 and "blocks.1.mlp.fc.weight: shape [100, 32]" in _one_line(err)
+
+
+def test_optimizer_of_another_model_is_corrupt(upstream, tmp_path, capsys):
+    ckpt = load(upstream["nanogpt"])
+    ckpt["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3, 3)
+    path = tmp_path / "ckpt.pt"
+    torch.save(ckpt, path)
+    code, _, err = run(capsys, "inspect", path)
+    assert code == 5 and "optimizer exp_avg of transformer.wte.weight has shape [3, 3]" in _one_line(err)
+
+
+def test_wrong_layout_for_the_named_format(upstream, capsys):
+    code, _, err = run(capsys, "inspect", upstream["modded"], "--format", "modded-nanogpt-medium")
+    assert code == 5 and "--from modded-nanogpt" in _one_line(err)
+
+
+def test_bad_option_value_is_a_usage_error(upstream, tmp_path, capsys):
+    code, _, err = run(capsys, "convert", upstream["nanogpt"], tmp_path / "x.pt", "--to", "nanogpt", "-o", "bare=maybe")
+    assert code == 2 and "bare" in _one_line(err)
+    assert not (tmp_path / "x.pt").exists()
