@@ -530,3 +530,11 @@ def test_plugin_warnings_print_as_one_line_each_on_stderr(cli, monkeypatch):
     assert code == 0
     assert json.loads(out)["format"] == "safetensors"
     assert err == "ckpt-core: warning: families differ: compute differently\n"
+
+
+def test_long_lists_in_inspect_show_the_first_few_and_a_count():
+    from ckpt_core.cli import _first
+
+    assert _first([]) == "none"
+    assert _first(["a", "b", "c", "d"]) == "a, b, c, d"
+    assert _first(list("abcdefg")) == "a, b, c and 4 more (--json lists all)"

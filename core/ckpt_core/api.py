@@ -116,9 +116,10 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
     ck = losses.apply_allowed(ck, spec, allow_loss)
     ck.validate()
     with progress.bar(ck.nbytes, f"writing {format}", enabled=show_progress), atomic.atomic_output(path, overwrite) as tmp:
-        if not _call(reg.hook.from_canonical, format, checkpoint=ck, path=tmp, options=opts):
+        written = _call(reg.hook.from_canonical, format, checkpoint=ck, path=tmp, options=opts)
+        if not written:
             raise PluginError(f"no plugin wrote format {format!r} (its plugin does not implement from_canonical)")
-    return ck
+    return written if isinstance(written, Checkpoint) else ck
 
 
 def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any] | None = None, *,

@@ -330,8 +330,8 @@ def cmd_inspect(args) -> None:
         ("parameters", f"{counts['parameters']:,}" + (f" (+ {counts['adapter_parameters']:,} in adapters)" if counts["adapters"] else "")),
         ("size", _size(counts["bytes"])),
         ("dtypes", ", ".join(f"{d} {_count(v['tensors'], 'tensor')} ({_size(v['bytes'])})" for d, v in facts["dtypes"].items()) or "none"),
-        ("ties", ", ".join(f"{a} -> {t}" for a, t in facts["ties"].items()) or "none"),
-        ("kv sharing", ", ".join(f"{c} -> {p}" for c, p in facts["kv_sharing"].items()) or "none"),
+        ("ties", _first([f"{a} -> {t}" for a, t in facts["ties"].items()])),
+        ("kv sharing", _first([f"{c} -> {p}" for c, p in facts["kv_sharing"].items()])),
         ("trainable", "not stated" if facts["trainable"] is None else _count(facts["trainable"], "tensor")),
     ])
     print("hyper-parameters" + ("" if facts["params"] else "  none"))
@@ -353,6 +353,13 @@ def cmd_inspect(args) -> None:
     _table(["NAME", "DTYPE", "SHAPE", "SIZE", "NOTE"], [_tensor_row(t) for t in rows])
     if len(rows) < len(facts["tensors"]):
         print(f"... {len(facts['tensors']) - len(rows)} more (--limit 0 shows all)")
+
+
+def _first(items: list[str], shown: int = 3) -> str:
+    """A short list in full; a long one as its first few and how many more (--json has all)."""
+    if len(items) <= shown + 1:
+        return ", ".join(items) or "none"
+    return ", ".join(items[:shown]) + f" and {len(items) - shown} more (--json lists all)"
 
 
 def inspect_facts(ck: Checkpoint, ts: TrainState | None) -> dict[str, Any]:

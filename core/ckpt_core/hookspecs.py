@@ -76,8 +76,11 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]) -> Checkpoint
 
 
 @hookspec(firstresult=True)
-def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dict[str, Any]) -> bool | None:
-    """Write ``checkpoint`` at ``path`` in ``format`` (which this plugin owns); return True.
+def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dict[str, Any]) -> bool | Checkpoint | None:
+    """Write ``checkpoint`` at ``path`` in ``format`` (which this plugin owns); return True,
+    or the Checkpoint actually written when your options made it differ from the one given
+    (a teacher initialised as a student, tensors dropped on request), so that callers
+    report what is on disk.
 
     Return None when ``format`` is not yours. ``path`` does not exist yet: it is a
     temporary path with the destination's own name (in a hidden sibling directory) that the

@@ -158,8 +158,9 @@ def _edit(ck: Checkpoint, options: dict) -> Checkpoint:
 @hookimpl
 def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dict[str, Any]):
     if format == forkfile.NAME:
-        forkfile.write(_edit(checkpoint, options), path)
-        return True
+        edited = _edit(checkpoint, options)
+        forkfile.write(edited, path)
+        return edited
     if format == peftdir.NAME:
         peftdir.write(checkpoint, path, options.get("base"))
         return True

@@ -50,10 +50,10 @@ def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
     return ck.evolve(extra={fmt: kept} if kept else {})
 
 
-def write(ck: Checkpoint, path: Path, fmt: str, options: dict[str, Any]) -> None:
-    """Write ``ck`` as a teacher or student directory at ``path``; a teacher written as
-    ``swiftkv`` becomes a student as the options ask, a student written as ``hf`` loses
-    its SwiftKV parts only with ``drop_swiftkv``."""
+def write(ck: Checkpoint, path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
+    """Write ``ck`` as a teacher or student directory at ``path``; return what was written.
+    A teacher written as ``swiftkv`` becomes a student as the options ask, a student
+    written as ``hf`` loses its SwiftKV parts only with ``drop_swiftkv``."""
     fields, files = _kept(ck, fmt)
     if ck.ties and ck.ties != cfg.TIE:
         raise LossyConversion(f"ties {ck.ties}: a Hugging Face directory can only tie {cfg.LM_HEAD} to {cfg.EMBED}. "
@@ -64,6 +64,7 @@ def write(ck: Checkpoint, path: Path, fmt: str, options: dict[str, Any]) -> None
         ck, plan = _student(ck, options)
     config = cfg.build(cfg.derived(ck, plan), fields, teacher=plan is None)
     hfdir.write(path, ck.tensors, config, files, options.get("max_shard_size", "5GB"))
+    return ck
 
 
 def _student(ck: Checkpoint, options: dict[str, Any]) -> tuple[Checkpoint, swiftkv.Plan]:

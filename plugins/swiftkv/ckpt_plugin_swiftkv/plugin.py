@@ -115,8 +115,7 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]):
 def from_canonical(checkpoint, path: Path, format: str, options: dict[str, Any]):
     if format not in (HF, SWIFTKV):
         return None
-    directory.write(checkpoint, path, format, options)
-    return True
+    return directory.write(checkpoint, path, format, options)
 
 
 @hookimpl

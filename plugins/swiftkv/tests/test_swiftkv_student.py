@@ -31,9 +31,10 @@ def _extra_names(ck):
 def test_teacher_to_variant_b_with_tuning_flags(tmp_path, llama_dir):
     out = tmp_path / "student"
     done = _run("convert", llama_dir, out, "--to", "swiftkv", "--option", "kv_sharing_map={2: 1, 3: 1}",
-                "--option", "mlp_tuning_enabled=true", "--option", "layernorm_tuning_enabled=true", "--quiet")
+                "--option", "mlp_tuning_enabled=true", "--option", "layernorm_tuning_enabled=true", "--json")
     assert done.returncode == 0, done.stderr
     teacher, student = ckpt_core.load(llama_dir), ckpt_core.load(out)
+    assert json.loads(done.stdout)["tensors"] == len(student.tensors)  # what is on disk, not what was read
     assert ckpt_core.detect(out)[0].format == "swiftkv" and "variant B" in ckpt_core.detect(out)[0].reason
     copies = {}
     for c in (2, 3):
