@@ -95,3 +95,20 @@ def test_tree_from_torch_makes_plain_trees_with_lazy_tensors():
     assert tree["n"] == 7 and type(tree["n"]) is int
     assert tree["shape"] == (2, 3) and type(tree["shape"]) is tuple
     assert tree["groups"] == [{"lr": 0.1, "params": (0, 1)}]
+
+
+def test_tensors_of_a_loaded_pickle_are_file_ranges_with_the_same_bytes(tmp_path):
+    weight = torch.randn(6, 4)
+    saved = {"w": weight, "tied": weight, "row": weight[2], "cols": weight.t(), "half": torch.randn(3, dtype=torch.bfloat16),
+             "empty": torch.zeros(0, 2)}
+    torch.save(saved, tmp_path / "a.pt")
+    loaded = torch_io.load_pickle(tmp_path / "a.pt")
+    lazy = {k: torch_io.from_torch(v) for k, v in loaded.items()}
+    for name in ("w", "tied", "row", "half"):
+        rng = lazy[name].file_range
+        assert rng is not None and rng.path == tmp_path / "a.pt", name
+        assert lazy[name].tobytes() == saved[name].contiguous().view(torch.uint8).numpy().tobytes(), name
+    assert lazy["w"].file_range == lazy["tied"].file_range
+    assert lazy["row"].file_range.offset == lazy["w"].file_range.offset + 2 * 4 * 4
+    assert lazy["cols"].file_range is None and torch.equal(lazy["cols"].to_torch(), weight.t())  # not contiguous: read via torch
+    assert lazy["empty"].shape == (0, 2)

@@ -44,14 +44,80 @@ def dtype_name(torch_dtype) -> str:
 
 
 def from_torch(t) -> Tensor:
-    """A lazy Tensor over a torch tensor's bytes (an mmap-ed storage stays unread)."""
+    """A lazy Tensor over a torch tensor's bytes (an mmap-ed storage stays unread).
+
+    A contiguous tensor that ``load_pickle`` found in its file becomes a file range, so
+    writers copy it file to file in the kernel instead of through this process's memory.
+    """
     import torch
+
+    where = getattr(t, FILE_ATTR, None)
+    if where is not None and t.is_contiguous():
+        path, offset = where
+        return Tensor.from_file(path, offset + t.storage_offset() * t.element_size(), dtype_name(t.dtype), tuple(t.shape))
 
     def load() -> np.ndarray:
         flat = t.detach().contiguous().reshape(-1)
         return flat.view(torch.uint8).numpy()
 
     return Tensor.from_loader(dtype_name(t.dtype), tuple(t.shape), load)
+
+
+# The attribute ``load_pickle`` sets on each tensor it found in the file: (path, offset of
+# the tensor's storage in the file).
+FILE_ATTR = "_ckpt_core_file"
+
+
+def _stored_records(path: Path) -> dict[int, int]:
+    """Data offset -> size of each uncompressed storage record (``<archive>/data/<key>``)."""
+    records = {}
+    with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
+        for info in archive.infolist():
+            if "/data/" in info.filename and info.compress_type == zipfile.ZIP_STORED:
+                f.seek(info.header_offset)
+                local = f.read(30)  # the local header: its name and extra lengths may differ from the directory's
+                name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+                records[info.header_offset + 30 + name_len + extra_len] = info.file_size
+    return records
+
+
+def _mark_file_ranges(loaded: Any, path: Path) -> None:
+    """Note on each tensor of ``loaded`` where its storage lies in ``path``.
+
+    ``torch.load(mmap=True)`` maps the whole file once and slices each storage out of it,
+    so a storage's address minus the mapping's start is its record's offset. The start is
+    not exposed: it is found from the lowest address and checked against every storage
+    (each must start at a record and fit in it); if anything disagrees, nothing is noted
+    and the tensors are read through torch as before.
+    """
+    import torch
+
+    tensors, stack = [], [loaded]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            if value.untyped_storage().nbytes():
+                tensors.append(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    if not tensors:
+        return
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    try:
+        records = _stored_records(path)
+    except (OSError, zipfile.BadZipFile):
+        return
+    lowest = min(storages)
+    for first in sorted(records):
+        start = lowest - first
+        if all(records.get(ptr - start, -1) >= size for ptr, size in storages.items()):
+            break
+    else:
+        return
+    for t in tensors:
+        setattr(t, FILE_ATTR, (path, t.untyped_storage().data_ptr() - start))
 
 
 def tree_from_torch(value: Any) -> Any:
@@ -118,7 +184,10 @@ def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[A
     use_mmap = mmap and zipfile.is_zipfile(path)  # torch's legacy (non-zip) files cannot be mmap-ed
     try:
         with torch.serialization.safe_globals(list(allowed_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+        if use_mmap:
+            _mark_file_ranges(loaded, path)
+        return loaded
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             allowed = {_global_name(g) for g in allowed_globals}
