@@ -112,3 +112,19 @@ def test_tensors_of_a_loaded_pickle_are_file_ranges_with_the_same_bytes(tmp_path
     assert lazy["row"].file_range.offset == lazy["w"].file_range.offset + 2 * 4 * 4
     assert lazy["cols"].file_range is None and torch.equal(lazy["cols"].to_torch(), weight.t())  # not contiguous: read via torch
     assert lazy["empty"].shape == (0, 2)
+
+
+def test_legacy_pickle_needing_code_names_the_global_and_garbage_is_corrupt(tmp_path):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with open(tmp_path / "legacy.pt", "wb") as f:
+        torch.save({"a": Evil()}, f, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeInput, match=r"it needs posix\.system"):
+        torch_io.load_pickle(tmp_path / "legacy.pt")
+    (tmp_path / "garbage.pt").write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(CorruptInput, match="not a readable torch pickle"):
+        torch_io.load_pickle(tmp_path / "garbage.pt")

@@ -151,6 +151,12 @@ def to_torch(t: Tensor):
     return words.view(dtype).reshape(t.shape)
 
 
+def _torch_reason(e: Exception) -> str:
+    """The line of a weights-only failure that says what was wrong (torch wraps it in advice)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if line.startswith(("Unsupported", "Trying", "Expected", "Unpickler"))), lines[-1] if lines else type(e).__name__)
+
+
 def _global_name(entry) -> str:
     if isinstance(entry, tuple):
         return entry[1]
@@ -192,7 +198,10 @@ def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[A
         if "Weights only load failed" in str(e):
             allowed = {_global_name(g) for g in allowed_globals}
             built = re.findall(r"but got <class '([\w.]+)'>", str(e))  # a type to build, which the scan misses
-            names = [n for n in unsafe_globals(path) if n not in allowed] or built or ["(see --debug)"]
+            named = re.findall(r"unsupported GLOBAL ([\w.]+)", str(e))  # what a legacy (non-zip) pickle needs
+            names = [n for n in unsafe_globals(path) if n not in allowed] or built or named
+            if not names:  # not a global it refused: the bytes are not a pickle torch wrote
+                raise CorruptInput(f"{path}: not a readable torch pickle ({_torch_reason(e)})") from e
             raise UnsafeInput(f"{path}: loading it would run code from the file (it needs {', '.join(names)}); refused") from e
         raise CorruptInput(f"{path}: not a readable torch pickle ({e})") from e
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:

@@ -18,18 +18,26 @@ from .kinds import LORA_KEY, Unsupported, is_lora, kind_of, strip_prefix
 
 DICT_CONFIDENCE = 0.9
 BARE_CONFIDENCE = 0.8
+# A .pt file that nothing reads by its structure (damaged, a legacy non-zip pickle, or one
+# that needs code to load) is claimed weakly, so that reading it says what is wrong with
+# it instead of "no format recognises it".
+FALLBACK_CONFIDENCE = 0.1
+TORCH_SUFFIXES = (".pt", ".pth")
 
 
 def detect(path: Path) -> Detection | None:
-    if not path.is_file() or not zipfile.is_zipfile(path):
+    if not path.is_file():
         return None
+    if not zipfile.is_zipfile(path):
+        return _fallback(path, "not a torch zip archive: a legacy torch pickle, or a damaged file")
     try:
         scan = pickle_scan.scan(path)
-    except CorruptInput:
-        return None
+    except CorruptInput as e:
+        return _fallback(path, str(e))
     obj = scan.obj
-    if not isinstance(obj, dict):
-        return None
+    if not isinstance(obj, dict) or (scan.records and not _has_tensors(obj)):
+        needs = f"needs {', '.join(scan.records)} to load" if scan.records else "holds no state dict"
+        return _fallback(path, f"a torch pickle that {needs}")
     top, model = (obj, obj["model"]) if isinstance(obj.get("model"), dict) else ({}, obj)
     stubs = {k: v.shape for k, v in model.items() if isinstance(k, str) and isinstance(v, pickle_scan.TensorStub)}
     if not stubs or len(stubs) != len(model) or is_lora(top) or any(re.fullmatch(LORA_KEY, k) for k in stubs):
@@ -48,3 +56,14 @@ def detect(path: Path) -> Detection | None:
     unsafe = f"; needs {', '.join(scan.records)}" if scan.records else ""
     return Detection(kind.format, DICT_CONFIDENCE if top else BARE_CONFIDENCE,
                      f"{what} with {len(shapes)} tensors{how}{unsafe}", path)
+
+
+def _fallback(path: Path, why: str) -> Detection | None:
+    if path.suffix not in TORCH_SUFFIXES:
+        return None
+    return Detection("nanogpt", FALLBACK_CONFIDENCE, f"{why}; not recognised as a nanoGPT checkpoint", path)
+
+
+def _has_tensors(obj: dict) -> bool:
+    model = obj.get("model", obj)
+    return isinstance(model, dict) and any(isinstance(v, pickle_scan.TensorStub) for v in model.values())

@@ -35,6 +35,26 @@ def test_truncated_zip_is_corrupt(upstream, tmp_path, capsys):
     assert code == 5 and "ckpt.pt" in _one_line(err)
 
 
+def test_without_format_bad_pt_files_say_what_is_wrong(upstream, tmp_path, capsys):
+    """Nothing recognises them by structure, so the plugin claims them weakly: the error is
+    the file's own problem, not "no installed format recognises it"."""
+    marker = tmp_path / "ran"
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"model": ref.ScriptOptimizerState(str(marker), {})}, unsafe)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(upstream["nanogpt"].read_bytes()[:4000])
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(bytes(range(256)) * 16)
+    for path, code, words in ((unsafe, 6, "nanogpt_reference.ScriptOptimizerState"), (truncated, 5, "not a readable torch"),
+                              (garbage, 5, "not a readable torch pickle")):
+        got, _, err = run(capsys, "inspect", path)
+        assert got == code and words in _one_line(err), err
+    assert not marker.exists()
+    other = tmp_path / "notes.txt"
+    other.write_bytes(bytes(range(256)))
+    assert run(capsys, "inspect", other)[0] == 4  # only .pt / .pth files are claimed
+
+
 def test_missing_layer_is_named(upstream, tmp_path, capsys):
     ckpt = load(upstream["nanogpt"])
     ckpt["model"] = {k: v for k, v in ckpt["model"].items() if ".h.1.ln_2." not in k}
