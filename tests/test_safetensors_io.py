@@ -308,6 +308,22 @@ def test_symlinks_out_of_the_directory_are_refused(tmp_path):
     assert back["x"].tobytes() == make_tensors({"x": 4})["x"].tobytes()
 
 
+def test_hugging_face_cache_snapshots_link_into_their_blobs(tmp_path):
+    repo = tmp_path / "models--org--name"
+    snapshot = repo / "snapshots" / "0123abc"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    safetensors_io.write_file(repo / "blobs" / "9f8e7d", make_tensors({"x": 4}))
+    (snapshot / "model-00001-of-00001.safetensors").symlink_to("../../blobs/9f8e7d")
+    back, _ = safetensors_io.open_sharded(write_index(snapshot, {"x": "model-00001-of-00001.safetensors"}))
+    assert back["x"].tobytes() == make_tensors({"x": 4})["x"].tobytes()
+    (repo / "elsewhere").mkdir()
+    safetensors_io.write_file(repo / "elsewhere" / "real.safetensors", make_tensors({"x": 4}))
+    (snapshot / "odd.safetensors").symlink_to("../../elsewhere/real.safetensors")
+    with pytest.raises(UnsafeInput, match="link out"):
+        safetensors_io.open_sharded(write_index(snapshot, {"x": "odd.safetensors"}))
+
+
 def test_missing_shard_is_not_found(tmp_path):
     safetensors_io.write_file(tmp_path / "model-00001-of-00002.safetensors", make_tensors({"x": 4}))
     index = write_index(tmp_path, {"x": "model-00001-of-00002.safetensors", "y": "model-00002-of-00002.safetensors"})

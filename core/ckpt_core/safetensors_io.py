@@ -168,15 +168,23 @@ def plain_file(directory: Path, name, named_by: Path) -> Path:
 
     The name must be a plain file name (no separators, no ``..``) of an existing file that
     does not link out of the directory: UnsafeInput otherwise, NotFound if it is missing.
+    The one link out allowed is the Hugging Face hub cache's own layout, where every file
+    of ``<repo>/snapshots/<revision>/`` links to ``<repo>/blobs/<hash>``.
     """
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise UnsafeInput(f"{named_by}: file name {name!r} is not a plain file name in the same directory")
     path = directory / name
-    if path.is_symlink() and path.resolve().parent != directory.resolve():
+    if path.is_symlink() and not _link_allowed(directory.resolve(), path.resolve()):
         raise UnsafeInput(f"{named_by}: file {name!r} is a link out of {directory}")
     if not path.is_file():
         raise NotFound(f"{named_by}: file {name!r} is missing")
     return path
+
+
+def _link_allowed(directory: Path, target: Path) -> bool:
+    if target.parent == directory:
+        return True
+    return directory.parent.name == "snapshots" and target.parent == directory.parent.parent / "blobs"
 
 
 def open_sharded(index_path: Path | str) -> tuple[dict[str, Tensor], dict]:
