@@ -10,6 +10,7 @@ TTT tensor so that a misplaced one changes the output.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -227,6 +228,7 @@ def base_model_file(model, path: Path, dtype=torch.bfloat16) -> Path:
 def built(kind: str) -> tuple[Path, object]:
     """A run directory of ``kind`` (lora, full, single) and the model at its latest complete step."""
     root = Path(tempfile.mkdtemp(prefix=f"moshi-ttt-{kind}-"))
+    atexit.register(shutil.rmtree, root, True)
     if kind == "single":  # one complete lora checkpoint, nothing else
         model, _ = make_run(root / "run", save_adapters=True, steps=(300,), interrupted_step=None)
     else:

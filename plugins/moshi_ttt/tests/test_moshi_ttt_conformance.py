@@ -71,9 +71,12 @@ def _bad_ttt_layers(d: Path) -> Path:
 
 @functools.cache
 def _example_checkpoint():
+    import atexit
+    import shutil
     import tempfile
 
     directory = Path(tempfile.mkdtemp(prefix="moshi-ttt-strategy-"))
+    atexit.register(shutil.rmtree, directory, True)  # after the last test: its tensors read these files
     return ckpt_core.load(copy_run("lora", directory / "run"), "moshi", {"base": str(directory / "model.safetensors")})
 
 
