@@ -538,3 +538,19 @@ def test_long_lists_in_inspect_show_the_first_few_and_a_count():
     assert _first([]) == "none"
     assert _first(["a", "b", "c", "d"]) == "a, b, c, d"
     assert _first(list("abcdefg")) == "a, b, c and 4 more (--json lists all)"
+
+
+def test_inspect_passes_reader_options(cli, tmp_path):
+    canon = tmp_path / "canon"
+    ckpt_core.save(mixed_checkpoint(), canon, "canonical")
+    code, out, _ = cli("inspect", canon, "--option", "verify=true", "--json")
+    assert code == 0 and json.loads(out)["counts"]["tensors"] == 3
+    shard = next(canon.glob("model*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit in the last tensor's data: headers still read fine
+    shard.write_bytes(bytes(data))
+    assert cli("inspect", canon)[0] == 0
+    code, _, err = cli("inspect", canon, "-o", "verify=true")
+    assert code == 5 and "checksum" in err
+    code, _, err = cli("inspect", canon, "-o", "step=3")
+    assert code == 2 and "has no option 'step'" in err

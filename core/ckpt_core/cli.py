@@ -85,6 +85,7 @@ scale beside their base tensor.
 examples:
   ckpt-core inspect model.safetensors
   ckpt-core inspect out/ckpt.pt --format nanogpt --limit 0
+  ckpt-core inspect runs/exp1 --option step=200
   ckpt-core inspect out/canon --json | jq .train_state"""
 
 CONVERT_EPILOG = f"""\
@@ -222,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="a checkpoint file or directory")
     p.add_argument("--format", metavar="F", help="read as format F instead of the detected one")
     p.add_argument("--limit", metavar="N", type=int, default=30, help="rows of the tensor table (default 30; 0: all; --json lists all)")
+    p.add_argument("--option", "-o", action="append", default=[], type=_option, metavar="KEY=VALUE",
+                   help="a reader option of the format (repeatable; see `ckpt-core plugins`), as step=300 or verify=true")
 
     p = command("convert", cmd_convert, "convert a checkpoint to another format", CONVERT_EPILOG)
     p.add_argument("src", metavar="SRC", help="the checkpoint to read")
@@ -316,7 +319,7 @@ def cmd_detect(args) -> None:
 def cmd_inspect(args) -> None:
     path = Path(args.path)
     name = api.resolve_format(path, args.format)
-    ck = api.load(path, name)
+    ck = api.load(path, name, dict(args.option))
     ts = ck.train_state if ck.train_state is not None else api.train_state(path, name)
     facts = {"path": args.path, "format": name, **inspect_facts(ck, ts)}
     if args.json:

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from ckpt_core import Checkpoint, CkptWarning, FormatSpec, UsageError, hookimpl
+from ckpt_core.torch_io import VERIFY_OPTION, check_archive
 
 from . import detection, edit, forkfile, peftdir
 
@@ -36,6 +37,7 @@ FORK_SPEC = FormatSpec(
                        "adapters in float32, then fresh ones)",
         "init": "fresh A matrices: kaiming (uniform, the fork's default) or normal",
         "seed": "seed of the fresh adapters (default 0; the same seed gives the same bytes)",
+        **VERIFY_OPTION,
     },
 )
 
@@ -101,6 +103,8 @@ def _merge(ck: Checkpoint, options: dict) -> Checkpoint:
 @hookimpl
 def to_canonical(path: Path, format: str, options: dict[str, Any]):
     if format == forkfile.NAME:
+        if _flag(options, "verify"):
+            check_archive(path)
         alpha = options.get("alpha")
         return _merge(forkfile.read(path, float(alpha) if alpha is not None else None), options)
     if format == peftdir.NAME:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ckpt_core import hookimpl
 from ckpt_core.model import FormatSpec
+from ckpt_core.torch_io import VERIFY_OPTION
 
 from . import detection, reading, writing
 from .family import MODDED_GPT
@@ -27,16 +28,17 @@ WRITE_OPTIONS = {
     "block_size": "rows of the wpe that fill_missing creates (default: the checkpoint's block_size)",
 }
 MODEL_ONLY = {"model_only": "true: read only the model of a file whose optimizer state needs a script-defined class"}
+READ_OPTIONS = {**VERIFY_OPTION}
 
 SPECS = [
     FormatSpec("nanogpt", "karpathy/nanoGPT ckpt.pt (model, AdamW state, model_args, iter_num, ...) or a bare GPT state dict",
-               families=("gpt", "modded-gpt"), capabilities=CAPABILITIES, patterns=("ckpt.pt", "*.pt"), options=WRITE_OPTIONS),
+               families=("gpt", "modded-gpt"), capabilities=CAPABILITIES, patterns=("ckpt.pt", "*.pt"), options={**WRITE_OPTIONS, **READ_OPTIONS}),
     FormatSpec("modded-nanogpt", "modded-nanogpt state_step*.pt, qkv layout (qkv_w [3,H,C], c_proj, c_fc), or its bare state dict",
                families=("modded-gpt", "gpt"), capabilities=CAPABILITIES, patterns=("state_step*.pt",),
-               options={**WRITE_OPTIONS, **MODEL_ONLY}),
+               options={**WRITE_OPTIONS, **MODEL_ONLY, **READ_OPTIONS}),
     FormatSpec("modded-nanogpt-medium", "modded-nanogpt medium state_step*.pt, qkvo layout (qkvo_w [4,H,C], fc_w, proj_w, lm_head_w)",
                families=("modded-gpt", "gpt"), capabilities=CAPABILITIES, patterns=("state_step*.pt",),
-               options={**WRITE_OPTIONS, **MODEL_ONLY}),
+               options={**WRITE_OPTIONS, **MODEL_ONLY, **READ_OPTIONS}),
 ]
 
 

@@ -17,7 +17,7 @@ from ckpt_core.errors import CkptWarning, CorruptInput, UnknownFormat, UnsafeInp
 from ckpt_core.gpt import GPT
 from ckpt_core.model import Arch, Checkpoint, Layout, OptimizerState, TrainState
 from ckpt_core.tensor import Tensor
-from ckpt_core.torch_io import from_torch, load_pickle, tree_from_torch
+from ckpt_core.torch_io import check_archive, from_torch, load_pickle, tree_from_torch
 
 from . import layouts, params, pickle_scan, trainstate
 from .family import MODDED_GPT
@@ -102,6 +102,8 @@ def model_tensors(path: Path, model: dict) -> dict[str, Tensor]:
 
 
 def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
+    if options.get("verify"):
+        check_archive(path)
     obj = load(path, fmt, bool(options.get("model_only", False)))
     top, model = split_top(path, obj)
     leftovers = top.pop(LEFTOVERS, {})

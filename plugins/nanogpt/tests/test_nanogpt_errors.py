@@ -91,3 +91,19 @@ def test_bad_option_value_is_a_usage_error(upstream, tmp_path, capsys):
     code, _, err = run(capsys, "convert", upstream["nanogpt"], tmp_path / "x.pt", "--to", "nanogpt", "-o", "bare=maybe")
     assert code == 2 and "bare" in _one_line(err)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_verify_finds_a_flipped_bit_that_mmap_reading_copies_along(upstream, tmp_path, capsys):
+    import zipfile
+
+    path = tmp_path / "ckpt.pt"
+    data = bytearray(upstream["nanogpt"].read_bytes())
+    with zipfile.ZipFile(upstream["nanogpt"]) as archive:
+        record = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 64)
+    data[record.header_offset + 200] ^= 0x01  # inside the record's data (past its local header)
+    path.write_bytes(bytes(data))
+    assert run(capsys, "inspect", path)[0] == 0  # headers and structure are intact
+    code, _, err = run(capsys, "inspect", path, "--option", "verify=true")
+    assert code == 5 and f"record {record.filename} does not match its CRC-32" in _one_line(err)
+    code, _, err = run(capsys, "convert", path, tmp_path / "out", "--to", "canonical", "--option", "verify=true")
+    assert code == 5 and not (tmp_path / "out").exists()
