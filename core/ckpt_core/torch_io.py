@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,16 +142,16 @@ def _mark_file_ranges(loaded: Any, path: Path) -> None:
 
 def tree_from_torch(value: Any) -> Any:
     """A loaded pickle's data as a ckpt-core tree: torch tensors and numpy arrays become
-    lazy Tensors, numpy scalars and ``torch.Size`` plain Python, OrderedDicts plain dicts."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
+    lazy Tensors, numpy scalars and ``torch.Size`` plain Python, OrderedDicts plain dicts.
+    (Torch is not imported for this: without it loaded, the tree holds no torch objects.)"""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
         return from_torch(value)
     if isinstance(value, np.ndarray):
         return Tensor.from_numpy(value)
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, torch.Size):
+    if torch is not None and isinstance(value, torch.Size):
         return tuple(value)
     if isinstance(value, dict):
         return {k: tree_from_torch(v) for k, v in value.items()}

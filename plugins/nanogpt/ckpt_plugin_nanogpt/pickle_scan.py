@@ -185,18 +185,44 @@ def scan(path: Path) -> Scan:
     return Scan(obj, tuple(sorted(unpickler.records)), member.rsplit("/", 1)[0])
 
 
-def stub_tensor(path: Path, archive: str, stub: TensorStub) -> Tensor:
-    """A lazy Tensor over the bytes of ``stub`` in the (uncompressed) zip at ``path``."""
-    item = dtypes.get(stub.dtype).itemsize
+def lazy(path: Path, scan: Scan) -> Any:
+    """``scan.obj`` with every tensor stub a lazy Tensor over the archive's bytes: what
+    ``torch.load`` would give, without torch. Stubs over the same bytes share one Tensor
+    (a tie, as torch shares the storage); OrderedDicts become plain dicts."""
     with zipfile.ZipFile(path) as zf:
-        try:
-            info = zf.getinfo(f"{archive}/data/{stub.storage.key}")
-        except KeyError:
-            raise CorruptInput(f"{path}: storage {stub.storage.key} is missing from the archive") from None
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise CorruptInput(f"{path}: storage {stub.storage.key} is compressed; torch never writes that")
-        start = _data_offset(path, info)
-        size = info.file_size
+        infos = {info.filename: info for info in zf.infolist()}
+    made: dict[TensorStub, Tensor] = {}
+
+    def convert(value):
+        if isinstance(value, TensorStub):
+            if value not in made:
+                made[value] = stub_tensor(path, scan.archive, value, infos)
+            return made[value]
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(convert(v) for v in value)
+        return value
+
+    return convert(scan.obj)
+
+
+def stub_tensor(path: Path, archive: str, stub: TensorStub, infos: dict[str, zipfile.ZipInfo] | None = None) -> Tensor:
+    """A lazy Tensor over the bytes of ``stub`` in the (uncompressed) zip at ``path``
+    (``infos``: the archive's members by name, when the caller has them)."""
+    item = dtypes.get(stub.dtype).itemsize
+    if infos is None:
+        with zipfile.ZipFile(path) as zf:
+            infos = {info.filename: info for info in zf.infolist()}
+    info = infos.get(f"{archive}/data/{stub.storage.key}")
+    if info is None:
+        raise CorruptInput(f"{path}: storage {stub.storage.key} is missing from the archive")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise CorruptInput(f"{path}: storage {stub.storage.key} is compressed; torch never writes that")
+    start = _data_offset(path, info)
+    size = info.file_size
     if math.prod(stub.shape) == 0:
         return Tensor.from_bytes(b"", stub.dtype, stub.shape)
     last = stub.offset + sum((n - 1) * s for n, s in zip(stub.shape, stub.stride)) + 1

@@ -9,6 +9,7 @@ by the inert scanner instead, and the optimizer state is dropped with a warning.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,20 @@ DIFFERENT = ("modded-nanogpt is not nanoGPT: parameter-free RMSNorm, rotary posi
 
 
 def load(path: Path, fmt: str, model_only: bool) -> Any:
-    """The unpickled file; for modded formats with ``model_only``, unsafe parts left inert."""
+    """The unpickled file, tensors lazy.
+
+    A torch zip whose pickle names only tensors and plain containers is read by the
+    scanner, without importing torch (which alone costs seconds and some 200 MB). Anything
+    else goes through ``torch.load(weights_only=True)``; for modded formats with
+    ``model_only``, unsafe parts are left inert.
+    """
+    if zipfile.is_zipfile(path):
+        try:
+            scan = pickle_scan.scan(path)
+        except CorruptInput:
+            scan = None  # torch.load says what is wrong
+        if scan is not None and not scan.records:
+            return pickle_scan.lazy(path, scan)
     try:
         return load_pickle(path)
     except UnsafeInput as e:
@@ -81,14 +95,14 @@ def split_top(path: Path, obj: Any) -> tuple[dict, dict]:
 
 def model_tensors(path: Path, model: dict) -> dict[str, Tensor]:
     """Lazy Tensors by key; keys whose tensors share storage share one Tensor object (a tie)."""
-    import torch
-
     out: dict[str, Tensor] = {}
     seen: dict[tuple, Tensor] = {}
     for key, value in model.items():
-        if isinstance(value, Tensor):  # read by the inert scanner
+        if isinstance(value, Tensor):  # read by the scanner (ties already share one object)
             out[key] = value
             continue
+        import torch
+
         if not isinstance(value, torch.Tensor):
             raise CorruptInput(f"{path}: model entry {key!r} is a {type(value).__name__}, not a tensor")
         if value.numel() == 0:
