@@ -13,14 +13,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import schema
+from ckpt_core import schema, torch_pickle
 from ckpt_core.errors import CkptWarning, CorruptInput, UnknownFormat, UnsafeInput
 from ckpt_core.gpt import GPT
 from ckpt_core.model import Arch, Checkpoint, Layout, OptimizerState, TrainState
 from ckpt_core.tensor import Tensor
 from ckpt_core.torch_io import check_archive, from_torch, load_pickle, tree_from_torch
 
-from . import layouts, params, pickle_scan, trainstate
+from . import layouts, params, trainstate
 from .family import MODDED_GPT
 from .kinds import KINDS, PREFIX, Kind, Unsupported, kind_of, strip_prefix
 
@@ -39,33 +39,33 @@ def load(path: Path, fmt: str, model_only: bool) -> Any:
     """
     if zipfile.is_zipfile(path):
         try:
-            scan = pickle_scan.scan(path)
+            scan = torch_pickle.scan(path)
         except CorruptInput:
             scan = None  # torch.load says what is wrong
         if scan is not None and not scan.records:
-            return pickle_scan.lazy(path, scan)
+            return torch_pickle.lazy(path, scan)
     try:
         return load_pickle(path)
     except UnsafeInput as e:
         if fmt == "nanogpt":
             raise
-        scan = pickle_scan.scan(path)
+        scan = torch_pickle.scan(path)
         if not model_only:
             raise UnsafeInput(f"{e} (its model part alone is safe to read: pass --option model_only=true, "
                               "which drops the optimizer state)") from None
         return _inert_model_part(path, scan)
 
 
-def _inert_model_part(path: Path, scan: pickle_scan.Scan) -> dict:
+def _inert_model_part(path: Path, scan: torch_pickle.Scan) -> dict:
     top = scan.obj
     if not isinstance(top, dict) or not isinstance(top.get("model"), dict):
         raise UnsafeInput(f"{path}: needs {', '.join(scan.records)} and has no separate model part to read alone")
     model, seen = {}, {}
     for key, stub in top["model"].items():
-        if not isinstance(stub, pickle_scan.TensorStub):
+        if not isinstance(stub, torch_pickle.TensorStub):
             raise UnsafeInput(f"{path}: model entry {key!r} is not a tensor; refused")
         if stub not in seen:  # keys over the same bytes are a tie, as torch.load shares them
-            seen[stub] = pickle_scan.stub_tensor(path, scan.archive, stub)
+            seen[stub] = torch_pickle.stub_tensor(path, scan.archive, stub)
         model[key] = seen[stub]
     dropped = [k for k, v in top.items() if k != "model" and not _plain(v)]
     warnings.warn(f"{path.name}: dropped {', '.join(dropped)} (needs {', '.join(scan.records)}); read the model part only",
@@ -75,7 +75,7 @@ def _inert_model_part(path: Path, scan: pickle_scan.Scan) -> dict:
 
 def _plain(value: Any) -> bool:
     """Whether a scanned value is plain data (no inert records, no tensors)."""
-    if isinstance(value, (pickle_scan.Record, pickle_scan.TensorStub)):
+    if isinstance(value, (torch_pickle.Record, torch_pickle.TensorStub)):
         return False
     if isinstance(value, dict):
         return all(_plain(k) and _plain(v) for k, v in value.items())

@@ -1,11 +1,14 @@
-"""Reading a torch pickle's structure without torch, without tensor data, running nothing.
+"""Reading a torch zip pickle without torch, without tensor data, running nothing.
 
-``scan`` unpickles only the archive's ``data.pkl`` with a restricted unpickler: tensors
+``scan`` unpickles only the archive's ``data.pkl`` with an allow-list unpickler: tensors
 become ``TensorStub`` records (dtype, shape, storage key: no data is read), and a class the
 file names that is not a plain container becomes an inert ``Record`` (its name and the
-arguments it was given), so a script-defined dataclass never runs. Detection uses the
-structure; ``stub_tensor`` turns a stub into a lazy Tensor over the zip member's bytes
-(torch stores them uncompressed), for files whose other parts ``weights_only`` refuses.
+arguments it was given), so a script-defined dataclass never runs. ``lazy`` turns a scan
+with no records into what ``torch.load`` would give, tensors as lazy file ranges: readers
+use it to skip importing torch (seconds and some 200 MB) for plain checkpoints, and fall
+back to ``torch_io.load_pickle`` for the rest. ``stub_tensor`` reads one stub, for a file
+whose other parts ``weights_only`` refuses. Written by hand because no library reads
+torch's format without torch; it allows less than ``weights_only`` does, never more.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ckpt_core import dtypes
-from ckpt_core.errors import CorruptInput
-from ckpt_core.tensor import Tensor
-from ckpt_core.torch_io import TORCH_DTYPES
+from . import dtypes
+from .errors import CorruptInput
+from .tensor import Tensor
+from .torch_io import TORCH_DTYPES
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds structure, not weights
 
@@ -128,6 +131,7 @@ class _Unpickler(pickle.Unpickler):
         self.records: dict[str, type] = {}
 
     def find_class(self, module, name):
+        module = "builtins" if module == "__builtin__" else module  # protocol 2 spells it the Python 2 way
         if (module, name) in _SAFE:
             return _SAFE[module, name]
         if module in ("torch", "torch.storage") and name in _STORAGES:
