@@ -128,3 +128,9 @@ def test_legacy_pickle_needing_code_names_the_global_and_garbage_is_corrupt(tmp_
     (tmp_path / "garbage.pt").write_bytes(bytes(range(256)) * 20)
     with pytest.raises(CorruptInput, match="not a readable torch pickle"):
         torch_io.load_pickle(tmp_path / "garbage.pt")
+
+
+def test_tree_from_torch_keeps_one_tensor_under_several_keys_as_one():
+    weight = torch.ones(2, 3)
+    tree = torch_io.tree_from_torch({"wte": weight, "head": weight, "other": torch.ones(2, 3), "list": [weight]})
+    assert tree["wte"] is tree["head"] is tree["list"][0] and tree["other"] is not tree["wte"]

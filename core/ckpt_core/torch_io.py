@@ -140,13 +140,17 @@ def _mark_file_ranges(loaded: Any, path: Path) -> None:
         setattr(t, FILE_ATTR, (path, t.untyped_storage().data_ptr() - start))
 
 
-def tree_from_torch(value: Any) -> Any:
+def tree_from_torch(value: Any, _made: dict[int, Tensor] | None = None) -> Any:
     """A loaded pickle's data as a ckpt-core tree: torch tensors and numpy arrays become
     lazy Tensors, numpy scalars and ``torch.Size`` plain Python, OrderedDicts plain dicts.
-    (Torch is not imported for this: without it loaded, the tree holds no torch objects.)"""
+    One torch tensor under several keys (a tie: torch.load gives the same object) becomes
+    one Tensor. (Torch is not imported for this: without it loaded, there is none to find.)"""
+    made = {} if _made is None else _made
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
-        return from_torch(value)
+        if id(value) not in made:
+            made[id(value)] = from_torch(value)
+        return made[id(value)]
     if isinstance(value, np.ndarray):
         return Tensor.from_numpy(value)
     if isinstance(value, np.generic):
@@ -154,9 +158,9 @@ def tree_from_torch(value: Any) -> Any:
     if torch is not None and isinstance(value, torch.Size):
         return tuple(value)
     if isinstance(value, dict):
-        return {k: tree_from_torch(v) for k, v in value.items()}
+        return {k: tree_from_torch(v, made) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(tree_from_torch(v) for v in value)
+        return type(value)(tree_from_torch(v, made) for v in value)
     return value
 
 

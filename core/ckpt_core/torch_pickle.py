@@ -4,11 +4,12 @@
 become ``TensorStub`` records (dtype, shape, storage key: no data is read), and a class the
 file names that is not a plain container becomes an inert ``Record`` (its name and the
 arguments it was given), so a script-defined dataclass never runs. ``lazy`` turns a scan
-with no records into what ``torch.load`` would give, tensors as lazy file ranges: readers
-use it to skip importing torch (seconds and some 200 MB) for plain checkpoints, and fall
-back to ``torch_io.load_pickle`` for the rest. ``stub_tensor`` reads one stub, for a file
-whose other parts ``weights_only`` refuses. Written by hand because no library reads
-torch's format without torch; it allows less than ``weights_only`` does, never more.
+with no records into what ``torch.load`` would give, tensors as lazy file ranges, and
+``load`` is what readers call: the scanner for plain checkpoints (no torch import, which
+costs seconds and some 200 MB), ``torch_io.load_pickle`` for the rest. ``stub_tensor``
+reads one stub, for a file whose other parts ``weights_only`` refuses. Written by hand
+because no library reads torch's format without torch; it allows less than
+``weights_only`` does, never more.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import pickle
 import struct
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ import numpy as np
 from . import dtypes
 from .errors import CorruptInput
 from .tensor import Tensor
-from .torch_io import TORCH_DTYPES
+from .torch_io import TORCH_DTYPES, load_pickle, tree_from_torch
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds structure, not weights
 
@@ -187,6 +189,25 @@ def scan(path: Path) -> Scan:
     except Exception as e:  # any malformed pickle: the file is damaged, nothing ran
         raise CorruptInput(f"{path}: damaged pickle in data.pkl ({type(e).__name__}: {e})") from None
     return Scan(obj, tuple(sorted(unpickler.records)), member.rsplit("/", 1)[0])
+
+
+def load(path: Path | str, allowed_globals: Sequence[Any] = ()) -> Any:
+    """A torch file's data as a ckpt-core tree, tensors lazy, nothing run.
+
+    Read by the scanner when the pickle names only tensors and plain containers (no torch
+    import); otherwise by ``torch_io.load_pickle`` (weights only, ``allowed_globals``
+    more), which refuses what needs code. Either way OrderedDicts come back as dicts and
+    tensors as ``Tensor``s.
+    """
+    path = Path(path)
+    if path.is_file() and zipfile.is_zipfile(path):
+        try:
+            found = scan(path)
+        except CorruptInput:
+            found = None  # torch.load says what is wrong
+        if found is not None and not found.records:
+            return lazy(path, found)
+    return tree_from_torch(load_pickle(path, allowed_globals=allowed_globals))
 
 
 def lazy(path: Path, scan: Scan) -> Any:

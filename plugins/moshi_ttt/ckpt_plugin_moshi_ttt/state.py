@@ -14,8 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import CorruptInput, LossyConversion, OptimizerState, TrainState, torch_save
-from ckpt_core.torch_io import load_pickle, tree_from_torch
+from ckpt_core import CorruptInput, LossyConversion, OptimizerState, TrainState, torch_pickle, torch_save
 
 from . import layout
 
@@ -38,15 +37,15 @@ def read_yaml(path: Path) -> Any:
 
 def read_optimizer(path: Path) -> tuple[OptimizerState, int | None]:
     """The optimizer state in ``optimizer_state.pt`` and the step it records."""
-    data = load_pickle(path)
+    data = torch_pickle.load(path)
     opt = data.get("optimizer") if isinstance(data, dict) else None
     if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
         raise CorruptInput(f"{path}: expected {{'optimizer': {{'state', 'param_groups'}}, 'step'}}")
-    slots = {str(k): tree_from_torch(v) for k, v in opt["state"].items()}
-    groups = [{**tree_from_torch({k: v for k, v in g.items() if k != "params"}), "params": [str(p) for p in g.get("params", [])]}
+    slots = {str(k): v for k, v in opt["state"].items()}
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [str(p) for p in g.get("params", [])]}
               for g in opt["param_groups"]]
     kind = "adamw" if any("exp_avg_sq" in s for s in slots.values()) else ""
-    others = {k: tree_from_torch(v) for k, v in data.items() if k not in ("optimizer", "step")}
+    others = {k: v for k, v in data.items() if k not in ("optimizer", "step")}
     step = data.get("step")
     return OptimizerState(kind=kind, param_state=slots, groups=groups, extra=others), step if isinstance(step, int) else None
 

@@ -1,15 +1,15 @@
 """Reading nanoGPT and modded-nanogpt pickles as canonical Checkpoints (tensors lazy).
 
-The file loads through ``ckpt_core.torch_io.load_pickle`` (weights only, mmap-ed: no
-tensor data is read). A modded-nanogpt file whose optimizer state needs a script-defined
-class is refused naming it; with ``model_only`` its model part is read from the archive
-by the inert scanner instead, and the optimizer state is dropped with a warning.
+The file loads through ``ckpt_core.torch_pickle.load``: nothing in it runs, no tensor data
+is read, and a plain checkpoint needs no torch at all. A modded-nanogpt file whose
+optimizer state needs a script-defined class is refused naming it; with ``model_only`` its
+model part is read by the inert scanner instead, and the optimizer state is dropped with a
+warning.
 """
 
 from __future__ import annotations
 
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from ckpt_core.errors import CkptWarning, CorruptInput, UnknownFormat, UnsafeInp
 from ckpt_core.gpt import GPT
 from ckpt_core.model import Arch, Checkpoint, Layout, OptimizerState, TrainState
 from ckpt_core.tensor import Tensor
-from ckpt_core.torch_io import check_archive, from_torch, load_pickle, tree_from_torch
+from ckpt_core.torch_io import check_archive, tree_from_torch
 
 from . import layouts, params, trainstate
 from .family import MODDED_GPT
@@ -30,22 +30,11 @@ DIFFERENT = ("modded-nanogpt is not nanoGPT: parameter-free RMSNorm, rotary posi
 
 
 def load(path: Path, fmt: str, model_only: bool) -> Any:
-    """The unpickled file, tensors lazy.
-
-    A torch zip whose pickle names only tensors and plain containers is read by the
-    scanner, without importing torch (which alone costs seconds and some 200 MB). Anything
-    else goes through ``torch.load(weights_only=True)``; for modded formats with
-    ``model_only``, unsafe parts are left inert.
-    """
-    if zipfile.is_zipfile(path):
-        try:
-            scan = torch_pickle.scan(path)
-        except CorruptInput:
-            scan = None  # torch.load says what is wrong
-        if scan is not None and not scan.records:
-            return torch_pickle.lazy(path, scan)
+    """The unpickled file, tensors lazy (``ckpt_core.torch_pickle.load``: without torch
+    for a plain pickle). For modded formats with ``model_only``, a file whose other parts
+    need code has its model part read by the scanner and the rest left inert."""
     try:
-        return load_pickle(path)
+        return torch_pickle.load(path)
     except UnsafeInput as e:
         if fmt == "nanogpt":
             raise
@@ -94,25 +83,12 @@ def split_top(path: Path, obj: Any) -> tuple[dict, dict]:
 
 
 def model_tensors(path: Path, model: dict) -> dict[str, Tensor]:
-    """Lazy Tensors by key; keys whose tensors share storage share one Tensor object (a tie)."""
-    out: dict[str, Tensor] = {}
-    seen: dict[tuple, Tensor] = {}
+    """The state dict's Tensors by key (a key over the same tensor as another shares its
+    Tensor object: a tie); CorruptInput for an entry that is not a tensor."""
     for key, value in model.items():
-        if isinstance(value, Tensor):  # read by the scanner (ties already share one object)
-            out[key] = value
-            continue
-        import torch
-
-        if not isinstance(value, torch.Tensor):
+        if not isinstance(value, Tensor):
             raise CorruptInput(f"{path}: model entry {key!r} is a {type(value).__name__}, not a tensor")
-        if value.numel() == 0:
-            out[key] = from_torch(value)
-            continue
-        where = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride(), value.dtype)
-        if where not in seen:
-            seen[where] = from_torch(value)
-        out[key] = seen[where]
-    return out
+    return dict(model)
 
 
 def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:

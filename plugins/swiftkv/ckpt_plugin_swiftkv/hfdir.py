@@ -16,10 +16,9 @@ import json
 import os
 from pathlib import Path
 
-from ckpt_core import CorruptInput, NotFound, Tensor, UnsafeInput
+from ckpt_core import CorruptInput, NotFound, Tensor, UnsafeInput, torch_pickle
 from ckpt_core.safetensors_io import INDEX_SUFFIX, find_index, open_file, open_sharded, read_header, read_index, \
     write_bytes, write_sharded
-from ckpt_core.torch_io import from_torch, load_pickle
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -108,12 +107,10 @@ def open_weights(directory: Path) -> tuple[dict[str, Tensor], str]:
 
 
 def _bin_tensors(path: Path) -> dict[str, Tensor]:
-    import torch
-
-    state = load_pickle(path)
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    state = torch_pickle.load(path)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise CorruptInput(f"{path}: not a state dict (a mapping of names to tensors)")
-    return {name: from_torch(t) for name, t in state.items()}
+    return state
 
 
 def carried_files(directory: Path) -> dict[str, Tensor]:
