@@ -73,3 +73,22 @@ def test_damage_is_corrupt_input(tmp_path):
     (tmp_path / "not-zip.pt").write_bytes(b"hello")
     with pytest.raises(CorruptInput):
         torch_pickle.scan(tmp_path / "not-zip.pt")
+
+
+def test_load_reads_plain_files_itself_and_the_rest_through_torch(tmp_path):
+    from ckpt_core import Tensor
+    from ckpt_core.errors import UnsafeInput
+
+    weight = torch.randn(3, 2)
+    state = {"wte": weight, "head": weight, "step": 7}
+    torch.save(state, tmp_path / "plain.pt")
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # not a zip: torch reads it
+    for name in ("plain.pt", "legacy.pt"):
+        tree = torch_pickle.load(tmp_path / name)
+        assert isinstance(tree["wte"], Tensor) and tree["head"] is tree["wte"] and tree["step"] == 7, name
+        assert tree["wte"].tobytes() == from_torch(weight).tobytes(), name
+    marker = tmp_path / "ran"
+    torch.save({"w": weight, "state": ScriptState(str(marker))}, tmp_path / "unsafe.pt")
+    with pytest.raises(UnsafeInput, match="ScriptState"):
+        torch_pickle.load(tmp_path / "unsafe.pt")
+    assert not marker.exists()
