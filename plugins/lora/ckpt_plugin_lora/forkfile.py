@@ -29,8 +29,7 @@ import numpy as np
 from ckpt_core import (Adapter, Arch, Checkpoint, CkptWarning, CorruptInput, Layout, LossyConversion, OptimizerState, Tensor,
                        TrainState, UsageError, dtypes)
 from ckpt_core.gpt import adamw_param_order
-from ckpt_core import torch_save
-from ckpt_core.torch_io import from_torch, load_pickle, tree_from_torch
+from ckpt_core import torch_pickle, torch_save
 
 from . import keys, optimizer, trees
 
@@ -49,21 +48,15 @@ def _kind(module: str, ext_adapters: dict) -> str:
     return ext_adapters.get(module + ".weight", {}).get("kind") or keys.fork_target(module) or "linear"
 
 
-def _storage_id(t):
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-
-
 def _parts(path: Path, obj: Any) -> tuple[dict, dict, str]:
-    """``(top-level dict, state dict, variant)`` of a loaded ``ckpt.pt``."""
-    import torch
-
+    """``(top-level dict, state dict, variant)`` of a loaded ``ckpt.pt`` (``torch_pickle.load``)."""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         top, state = obj, obj["model"]
-    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    elif isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         top, state = {}, obj
     else:
         raise CorruptInput(f"{path}: neither a nanoGPT checkpoint dict (with 'model') nor a state dict")
-    bad = [k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    bad = [k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
     if bad:
         raise CorruptInput(f"{path}: model entry {bad[0]!r} is not a named tensor")
     if not state:
@@ -81,8 +74,8 @@ def _parts(path: Path, obj: Any) -> tuple[dict, dict, str]:
 
 
 def read(path: Path, alpha: float | None = None) -> Checkpoint:
-    """The fork's ``ckpt.pt`` (any variant) as a canonical checkpoint; tensors stay mmap-ed."""
-    top, state, variant = _parts(path, load_pickle(path))
+    """The fork's ``ckpt.pt`` (any variant) as a canonical checkpoint; tensors stay on disk."""
+    top, state, variant = _parts(path, torch_pickle.load(path))
     ext = _ext(path, top)
     ext_adapters = ext.get("adapters", {})
     model_args = top.get("model_args") or {}
@@ -105,18 +98,17 @@ def read(path: Path, alpha: float | None = None) -> Checkpoint:
         else:
             name, part = key, "base"
         if part != "base":
-            parts.setdefault(name, {})[part[0]] = keys.orient(from_torch(t), part)
+            parts.setdefault(name, {})[part[0]] = keys.orient(t, part)
             continue
         if name in ties:
             continue
-        ident = _storage_id(t)
-        if t.numel() and ident in first:
-            ties[name] = first[ident]
+        if t.numel and id(t) in first:  # the same tensor under two keys: a tie
+            ties[name] = first[id(t)]
             continue
-        first.setdefault(ident, name)
+        first.setdefault(id(t), name)
         if name in tensors:
             raise CorruptInput(f"{path}: two entries map to {name!r}")
-        tensors[name] = from_torch(t)
+        tensors[name] = t
 
     alpha_default = model_args.get("lora_alpha", alpha)
     adapters, lora_only = {}, []
@@ -158,7 +150,7 @@ def read(path: Path, alpha: float | None = None) -> Checkpoint:
         canonical = _canonical_param(ext_adapters)
         facts["lora_params"] = [n for n, _ in map(canonical, param_names) if "::" in n]  # adapters the save merged away
     ck = Checkpoint(
-        arch=Arch("gpt", tree_from_torch(arch_params)),
+        arch=Arch("gpt", arch_params),
         tensors=tensors,
         ties=ties,
         adapters=adapters,
@@ -199,7 +191,7 @@ def _train_state(path: Path, top: dict, ext: dict, state: dict, ties: dict) -> T
         sd = top["optimizer"]
         names = top.get("param_names")
         if not isinstance(names, list):
-            params = [(k, v.dim()) for k, v in state.items() if not k.endswith(BUFFERS) and k not in ties]
+            params = [(k, len(v.shape)) for k, v in state.items() if not k.endswith(BUFFERS) and k not in ties]
             names = adamw_param_order(params)
         if len(names) != optimizer.positions(sd):
             warnings.warn(f"optimizer state dropped: {path.name} has state for {optimizer.positions(sd)} parameters, the model "
@@ -209,14 +201,14 @@ def _train_state(path: Path, top: dict, ext: dict, state: dict, ties: dict) -> T
             o = ext.get("optimizer", {})
             opt = OptimizerState(o.get("kind", opt.kind), opt.param_state, opt.groups, o.get("resumable", True),
                                  o.get("extra", {}))
-    config = ext["config"] if "config" in ext else tree_from_torch(top.get("config", {}))
-    return TrainState(step=top.get("iter_num"), best_metric=tree_from_torch(top.get("best_val_loss")),
+    config = ext["config"] if "config" in ext else top.get("config", {})
+    return TrainState(step=top.get("iter_num"), best_metric=top.get("best_val_loss"),
                       config=config, optimizer=opt, **ext.get("train_state", {}))
 
 
 def train_state(path: Path) -> TrainState | None:
     """The training state of ``ckpt.pt``, its tensors left unread."""
-    top, state, _ = _parts(path, load_pickle(path))
+    top, state, _ = _parts(path, torch_pickle.load(path))
     ext = _ext(path, top)
     prefix = PREFIX if all(k.startswith(PREFIX) for k in state) else ""
     state = {k[len(prefix):]: v for k, v in state.items()}
@@ -240,10 +232,9 @@ def _ext(path: Path, top: dict) -> dict:
 def _ties_of(state: dict, ext: dict) -> dict[str, str]:
     ties, first = dict(ext.get("ties", {})), {}
     for key, t in state.items():
-        ident = _storage_id(t)
-        if t.numel() and ident in first:
-            ties[key] = first[ident]
-        first.setdefault(ident, key)
+        if t.numel and id(t) in first:
+            ties[key] = first[id(t)]
+        first.setdefault(id(t), key)
     return ties
 
 

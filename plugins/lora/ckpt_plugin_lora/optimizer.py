@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ckpt_core import OptimizerState
-from ckpt_core.torch_io import from_torch, tree_from_torch
+from ckpt_core import OptimizerState, Tensor
 
 KIND = "adamw"  # what the fork's (and nanoGPT's) training script uses
 
@@ -28,9 +27,9 @@ def read(state_dict: dict, names: list[str], canonical: Callable[[str], tuple[st
     mapped = [canonical(n) for n in names]
 
     def slot(value: Any, transposed: bool) -> Any:
-        if transposed and hasattr(value, "dim") and value.dim() == 2:
-            return from_torch(value).T
-        return tree_from_torch(value)
+        if transposed and isinstance(value, Tensor) and len(value.shape) == 2:
+            return value.T
+        return value
 
     param_state = {}
     for pos, slots in state_dict.get("state", {}).items():
@@ -38,7 +37,7 @@ def read(state_dict: dict, names: list[str], canonical: Callable[[str], tuple[st
         param_state[name] = {k: slot(v, transposed) for k, v in slots.items()}
     groups = []
     for g in state_dict.get("param_groups", []):
-        groups.append({k: [mapped[p][0] for p in v] if k == "params" else tree_from_torch(v) for k, v in g.items()})
+        groups.append({k: [mapped[p][0] for p in v] if k == "params" else v for k, v in g.items()})
     return OptimizerState(kind=KIND, param_state=param_state, groups=groups)
 
 

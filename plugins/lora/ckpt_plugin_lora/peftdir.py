@@ -22,9 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import Adapter, Checkpoint, CorruptInput, Layout, LossyConversion, NotFound, UsageError
-from ckpt_core import safetensors_io, torch_save
-from ckpt_core.torch_io import from_torch, load_pickle
+from ckpt_core import Adapter, Checkpoint, CorruptInput, Layout, LossyConversion, NotFound, Tensor, UsageError
+from ckpt_core import safetensors_io, torch_pickle, torch_save
 
 from . import hfgpt2, keys
 
@@ -65,10 +64,10 @@ def _weights(path: Path) -> tuple[str, dict, dict]:
             if name.endswith(".safetensors"):
                 tensors, metadata = safetensors_io.open_file(path / name)
                 return name, tensors, dict(metadata or {})
-            obj = load_pickle(path / name)
-            if not isinstance(obj, dict):
+            obj = torch_pickle.load(path / name)
+            if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
                 raise CorruptInput(f"{path / name}: not a state dict")
-            return name, {k: from_torch(v) for k, v in obj.items()}, {}
+            return name, dict(obj), {}
     raise NotFound(f"{path}: no {' or '.join(WEIGHTS)}")
 
 

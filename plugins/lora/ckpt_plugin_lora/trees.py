@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 from ckpt_core import tree
-from ckpt_core.torch_io import from_torch
 
 
 def native(value: Any) -> bool:
@@ -34,4 +33,4 @@ def pack(value: Any) -> dict:
 
 def unpack(packed: Any) -> Any:
     """The inverse of ``pack``."""
-    return tree.decode(json.loads(packed["json"]), {k: from_torch(t) for k, t in packed["tensors"].items()})
+    return tree.decode(json.loads(packed["json"]), packed["tensors"])

@@ -81,3 +81,15 @@ def test_works_as_the_only_plugin(ckpt_plugins_only, fork, tmp_path):
     assert "gpt" in reg.families and not [p for p in reg.plugins if p.error]
     ck = api.convert(fork["dir"] / "lora.pt", tmp_path / "canon", "canonical")
     assert len(ck.adapters) == 3
+
+
+def test_reading_a_fork_checkpoint_never_imports_torch(fork, tmp_path):
+    script = (
+        "import sys, ckpt_core\n"
+        f"ck = ckpt_core.load({str(fork['dir'] / 'lora.pt')!r})\n"
+        f"ckpt_core.save(ck, {str(tmp_path / 'canon')!r}, 'canonical')\n"
+        "print(len(ck.adapters) > 0, ck.train_state.optimizer is not None, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "False"]
