@@ -10,15 +10,14 @@ it cannot hold: converting them here is refused (see ``--merge-adapters``, ``--a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .. import safetensors_io, tree
+from .. import graph, safetensors_io
 from ..dtypes import ALL_DTYPES
-from ..errors import CorruptInput, LossyConversion, NotFound
+from ..errors import CorruptInput, NotFound
 from ..hookspecs import hookimpl
-from ..model import Arch, Checkpoint, Detection, FormatSpec, Layout
+from ..model import Checkpoint, Detection, FormatSpec, Layout
 
 NAME = "safetensors"
 META_KEY = "ckpt_core"
@@ -90,57 +89,22 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]):
     metadata = dict(metadata or {})
     stored_graph = metadata.pop(META_KEY, None)
     layout = Layout(NAME, variant, {"metadata": metadata})
-    if stored_graph is not None:
-        return _with_graph(path, tensors, stored_graph, layout)
-    return Checkpoint(arch=_recognise(tensors), tensors=tensors, layout=layout)
-
-
-def _with_graph(path: Path, tensors, text: str, layout: Layout) -> Checkpoint:
-    try:
-        g = json.loads(text)
-        ck = Checkpoint(
-            arch=Arch(g["arch"]["family"], tree.decode(g["arch"]["params"], {})),
-            tensors=tensors,
-            ties=dict(g["ties"]),
-            kv_sharing={int(k): v for k, v in g["kv_sharing"].items()},
-            trainable=tuple(g["trainable"]) if g["trainable"] is not None else None,
-            layout=layout,
-        )
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CorruptInput(f"{path}: metadata {META_KEY!r} is malformed ({type(e).__name__}: {e})") from None
+    if stored_graph is None:
+        return Checkpoint(arch=graph.recognised_arch(tensors), tensors=tensors, layout=layout)
+    g = graph.from_json(stored_graph, f"{path}: metadata {META_KEY!r}")
+    ck = Checkpoint(arch=g.arch, tensors=tensors, ties=g.ties, kv_sharing=g.kv_sharing, trainable=g.trainable, layout=layout)
     ck.validate()
     return ck
-
-
-def _recognise(tensors) -> Arch:
-    from ..plugins import registry  # the registry loads this module: import when used
-    from ..schema import recognise
-
-    shapes = {name: t.shape for name, t in tensors.items()}
-    schema = recognise(registry().families.values(), shapes)
-    if schema is None:
-        return Arch()
-    return Arch(schema.name, schema.derive_params(shapes))
 
 
 @hookimpl
 def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dict[str, Any]):
     if format != NAME:
         return None
-    arch_params, arch_tensors = tree.encode(checkpoint.arch.params)
-    if arch_tensors:
-        raise LossyConversion(f"hyper-parameters hold tensors ({', '.join(arch_tensors)}), which the safetensors format cannot keep; "
-                              "convert to canonical instead. Nothing was written.")
-    graph = {
-        "arch": {"family": checkpoint.arch.family, "params": arch_params},
-        "ties": checkpoint.ties,
-        "kv_sharing": {str(k): v for k, v in checkpoint.kv_sharing.items()},
-        "trainable": list(checkpoint.trainable) if checkpoint.trainable is not None else None,
-    }
     metadata = {"format": "pt"}
     if checkpoint.layout.format == NAME:
         metadata.update(checkpoint.layout.facts.get("metadata", {}))
-    metadata[META_KEY] = json.dumps(graph, separators=(",", ":"))
+    metadata[META_KEY] = graph.to_json(checkpoint, "the safetensors format")
     if path.suffix == ".safetensors":
         safetensors_io.write_file(path, checkpoint.tensors, metadata)
     else:

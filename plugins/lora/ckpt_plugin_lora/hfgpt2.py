@@ -13,12 +13,12 @@ import json
 import warnings
 from pathlib import Path
 
-from ckpt_core import Arch, Checkpoint, CkptWarning, CorruptInput, Layout, LossyConversion, safetensors_io, tree
+from ckpt_core import Arch, Checkpoint, CkptWarning, CorruptInput, Layout, graph, safetensors_io
 
 from . import keys
 
 CONFIG = "config.json"
-META_KEY = "ckpt_core"
+META_KEY = "ckpt_core_hf_gpt2"  # not the safetensors format's key: these names are HF's, transposed
 HEAD, TABLE = "lm_head.weight", "transformer.wte.weight"
 # config.json key -> canonical hyper-parameter
 CONFIG_KEYS = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "d_model", "n_positions": "block_size",
@@ -57,11 +57,8 @@ def read(path: Path) -> Checkpoint:
         out[name] = keys.orient(t, part)
     stored = (metadata or {}).get(META_KEY)
     if stored is not None:
-        try:
-            graph = json.loads(stored)
-            params, ties = tree.decode(graph["arch"], {}), dict(graph["ties"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise CorruptInput(f"{path}: metadata {META_KEY!r} is malformed ({e})") from None
+        g = graph.from_json(stored, f"{path}: metadata {META_KEY!r}")
+        params, ties = g.arch.params, g.ties
     else:
         params = {CONFIG_KEYS[k]: v for k, v in config.items() if k in CONFIG_KEYS and v is not None}
         if "d_model" in params and "d_ff" not in params:
@@ -73,10 +70,7 @@ def read(path: Path) -> Checkpoint:
 
 def write(ck: Checkpoint, path: Path, config: dict | None = None) -> None:
     """``ck`` (no adapters) as an HF GPT-2 directory at ``path`` (a new directory)."""
-    params, arch_tensors = tree.encode(ck.arch.params)
-    if arch_tensors:
-        raise LossyConversion(f"hyper-parameters hold tensors ({', '.join(arch_tensors)}), which an HF GPT-2 "
-                              "directory cannot keep. Nothing was written.")
+    metadata = {"format": "pt", META_KEY: graph.to_json(ck, "an HF GPT-2 directory")}
     p = ck.arch.params
     if config is None:
         config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu",
@@ -90,7 +84,6 @@ def write(ck: Checkpoint, path: Path, config: dict | None = None) -> None:
     for name, t in ck.tensors.items():
         key = keys.upstream(keys.HF_GPT2, name, "T")
         tensors[key or name] = t.T if key else t
-    metadata = {"format": "pt", META_KEY: json.dumps({"arch": params, "ties": ck.ties}, separators=(",", ":"))}
     path.mkdir()
     safetensors_io.write_file(path / "model.safetensors", tensors, metadata)
     safetensors_io.write_bytes(path / CONFIG, (json.dumps(config, indent=2) + "\n").encode())

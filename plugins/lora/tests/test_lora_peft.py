@@ -94,6 +94,9 @@ def test_peft_round_trip_carries_its_base(hf, tmp_path):
     api.save(ck, tmp_path / "adapter", "peft")
     assert (tmp_path / "adapter" / "base_model" / "model.safetensors").is_file()
     assert differences(ck, api.load(tmp_path / "adapter")) == []
+    # the base's file is plain HF GPT-2 safetensors to any other reader (its graph is under a key of its own)
+    plain = api.load(tmp_path / "adapter" / "base_model" / "model.safetensors", "safetensors")
+    assert "transformer.h.0.attn.c_attn.weight" in plain.tensors
     loaded = load_peft(tmp_path / "adapter" / "base_model", tmp_path / "adapter")
     with torch.no_grad():
         assert torch.equal(loaded(hf["x"]).logits, hf["model"](hf["x"]).logits)

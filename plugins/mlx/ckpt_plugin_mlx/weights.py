@@ -9,13 +9,10 @@ hyper-parameters, ties, the trainable set) is written as JSON under the metadata
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ckpt_core import safetensors_io, tree
-from ckpt_core.errors import CorruptInput, LossyConversion
+from ckpt_core import graph, safetensors_io
 from ckpt_core.model import Arch, Checkpoint
-from ckpt_core.schema import recognise
 from ckpt_core.tensor import Tensor
 
 META_KEY = "ckpt_core_mlx"
@@ -27,41 +24,16 @@ def read(path: Path) -> tuple[dict[str, Tensor], Arch, dict[str, str], tuple[str
     """Lazy tensors, arch, ties, trainable set and the other metadata of a weights file."""
     tensors, metadata = safetensors_io.open_file(path)
     metadata = dict(metadata or {})
-    graph = metadata.pop(META_KEY, None)
-    if graph is None:
-        return tensors, _recognised(tensors), {}, None, metadata
-    try:
-        g = json.loads(graph)
-        arch = Arch(g["arch"]["family"], tree.decode(g["arch"]["params"], {}))
-        ties = dict(g["ties"])
-        trainable = tuple(g["trainable"]) if g["trainable"] is not None else None
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-        raise CorruptInput(f"{path}: metadata {META_KEY!r} is malformed ({type(e).__name__}: {e})") from None
-    return tensors, arch, ties, trainable, metadata
-
-
-def _recognised(tensors: dict[str, Tensor]) -> Arch:
-    """The installed family these names and shapes fit, else generic."""
-    from ckpt_core.plugins import registry  # the registry imports this plugin: import when used
-
-    shapes = {name: t.shape for name, t in tensors.items()}
-    schema = recognise(registry().families.values(), shapes)
-    return Arch(schema.name, schema.derive_params(shapes)) if schema else Arch()
+    stored = metadata.pop(META_KEY, None)
+    if stored is None:
+        return tensors, graph.recognised_arch(tensors), {}, None, metadata
+    g = graph.from_json(stored, f"{path}: metadata {META_KEY!r}")
+    return tensors, g.arch, g.ties, g.trainable, metadata
 
 
 def metadata_for(ck: Checkpoint, kept: dict[str, str]) -> dict[str, str]:
-    """The metadata to write: ``kept`` (what the source file had) and the graph JSON.
-    Refuses hyper-parameters that hold tensors (metadata is strings only)."""
-    params, arch_tensors = tree.encode(ck.arch.params)
-    if arch_tensors:
-        raise LossyConversion(f"hyper-parameters hold tensors ({', '.join(arch_tensors)}), which an MLX step file cannot keep; "
-                              "convert to canonical instead. Nothing was written.")
-    graph = {
-        "arch": {"family": ck.arch.family, "params": params},
-        "ties": ck.ties,
-        "trainable": list(ck.trainable) if ck.trainable is not None else None,
-    }
-    return {**kept, META_KEY: json.dumps(graph, separators=(",", ":"))}
+    """The metadata to write: ``kept`` (what the source file had) and the graph JSON."""
+    return {**kept, META_KEY: graph.to_json(ck, "an MLX step file")}
 
 
 def write(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:

@@ -1,0 +1,40 @@
+"""ckpt_core.graph: a checkpoint's graph as metadata JSON, and family recognition."""
+
+import numpy as np
+import pytest
+
+from ckpt_core import Arch, Checkpoint, CorruptInput, LossyConversion, Tensor, graph, plugins
+
+
+def test_graph_round_trips_through_json():
+    t = Tensor.from_numpy(np.zeros((4, 2), np.float32))
+    ck = Checkpoint(arch=Arch("generic", {"n_layer": 2, "shape": (1, 2), "by_layer": {3: "x"}}), tensors={"a": t, "b": t},
+                    ties={"c": "a"}, kv_sharing={3: 1}, trainable=("b",))
+    g = graph.from_json(graph.to_json(ck, "here"), "there")
+    assert (g.arch, g.ties, g.kv_sharing, g.trainable) == (ck.arch, ck.ties, ck.kv_sharing, ck.trainable)
+
+
+def test_tensors_in_hyper_parameters_and_bad_json_are_refused():
+    ck = Checkpoint(arch=Arch("generic", {"table": Tensor.from_numpy(np.zeros(2, np.float32))}))
+    with pytest.raises(LossyConversion, match="an MLX step file cannot keep"):
+        graph.to_json(ck, "an MLX step file")
+    for text in ("{", '{"arch": {}}', '{"arch": {"family": "gpt", "params": {}}, "ties": 3, "trainable": null}'):
+        with pytest.raises(CorruptInput, match="metadata 'x' is malformed"):
+            graph.from_json(text, "f.safetensors: metadata 'x'")
+
+
+def test_recognised_arch_finds_the_installed_family(monkeypatch):
+    monkeypatch.setenv(plugins.ENV_VAR, "")
+    plugins.reset()
+    try:
+        d, v, t = 8, 16, 4
+        shapes = {"transformer.wte.weight": (v, d), "transformer.wpe.weight": (t, d), "transformer.h.0.ln_1.weight": (d,),
+                  "transformer.h.0.attn.c_attn.weight": (3 * d, d), "transformer.h.0.attn.c_proj.weight": (d, d),
+                  "transformer.h.0.ln_2.weight": (d,), "transformer.h.0.mlp.c_fc.weight": (4 * d, d),
+                  "transformer.h.0.mlp.c_proj.weight": (d, 4 * d), "transformer.ln_f.weight": (d,), "lm_head.weight": (v, d)}
+        tensors = {n: Tensor.from_bytes(bytes(4 * int(np.prod(s))), "F32", s) for n, s in shapes.items()}
+        arch = graph.recognised_arch(tensors)
+        assert arch.family == "gpt" and arch.params["d_model"] == d and arch.params["vocab_size"] == v
+        assert graph.recognised_arch({"x": tensors["lm_head.weight"]}) == Arch()
+    finally:
+        plugins.reset()
