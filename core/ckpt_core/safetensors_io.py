@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import dtypes, progress
+from . import dtypes, jsonfile, progress
 from .errors import CorruptInput, NotFound, UnsafeInput, UsageError
 from .tensor import CHUNK_SIZE, FileRange, Tensor
 
@@ -144,13 +144,8 @@ def read_index(index_path: Path | str) -> tuple[dict[str, Path], dict]:
     ``..``, no links that lead out of it.
     """
     index_path = Path(index_path)
-    try:
-        data = json.loads(index_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NotFound(f"{index_path}: no such file") from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise CorruptInput(f"{index_path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
+    data = jsonfile.read_object(index_path)
+    if not isinstance(data.get("weight_map"), dict):
         raise CorruptInput(f"{index_path}: no weight_map object")
     directory = index_path.parent
     shards: dict[str, Path] = {}

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import safetensors_io, tree
+from .. import jsonfile, safetensors_io, tree
 from ..dtypes import ALL_DTYPES
 from ..errors import CorruptInput
 from ..hookspecs import hookimpl
@@ -141,11 +141,8 @@ def _manifest_text(manifest: dict) -> str:
 
 def _manifest(path: Path) -> dict:
     manifest_path = path / MANIFEST
-    try:
-        m = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
-        raise CorruptInput(f"{manifest_path}: not valid JSON ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != MAGIC:
+    m = jsonfile.read_object(manifest_path)
+    if m.get("format") != MAGIC:
         raise CorruptInput(f"{manifest_path}: not a {MAGIC} manifest")
     if m.get("version") != VERSION:
         raise CorruptInput(f"{manifest_path}: manifest version {m.get('version')!r}; this ckpt-core reads version {VERSION} (upgrade ckpt-core)")

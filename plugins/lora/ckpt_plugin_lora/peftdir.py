@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_core import Adapter, Checkpoint, CorruptInput, Layout, LossyConversion, NotFound, Tensor, UsageError
-from ckpt_core import safetensors_io, torch_pickle, torch_save
+from ckpt_core import jsonfile, safetensors_io, torch_pickle, torch_save
 
 from . import hfgpt2, keys
 
@@ -36,14 +36,9 @@ SCALINGS = {False: "alpha/rank", True: "alpha/sqrt(rank)"}
 
 
 def _config(path: Path) -> dict:
-    try:
-        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NotFound(f"{path / CONFIG}: no such file") from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise CorruptInput(f"{path / CONFIG}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise CorruptInput(f"{path / CONFIG}: not a peft LoRA config (peft_type {config.get('peft_type') if isinstance(config, dict) else None!r})")
+    config = jsonfile.read_object(path / CONFIG)
+    if config.get("peft_type") != "LORA":
+        raise CorruptInput(f"{path / CONFIG}: not a peft LoRA config (peft_type {config.get('peft_type')!r})")
     if config.get("use_dora"):
         raise CorruptInput(f"{path / CONFIG}: DoRA adapters (use_dora) have a magnitude vector ckpt-core does not model")
     return config

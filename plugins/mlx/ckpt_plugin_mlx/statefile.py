@@ -24,8 +24,8 @@ from typing import Any
 
 import attrs
 
-from ckpt_core import safetensors_io, tree
-from ckpt_core.errors import CorruptInput, LossyConversion, NotFound
+from ckpt_core import jsonfile, safetensors_io, tree
+from ckpt_core.errors import CorruptInput, LossyConversion
 from ckpt_core.model import TrainState
 from ckpt_core.tensor import Tensor
 
@@ -38,14 +38,7 @@ FIELDS = ("best_metric", "scheduler", "rng", "data_position", "config", "extra")
 
 def read(state_path: Path, weights_path: Path) -> TrainState | None:
     """The training state in ``state_path`` (beside ``weights_path``)."""
-    try:
-        data = json.loads(state_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NotFound(f"{state_path}: no such file") from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise CorruptInput(f"{state_path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CorruptInput(f"{state_path}: not a JSON object")
+    data = jsonfile.read_object(state_path)
     version = data.pop("format_version", 0)
     if version == 0:
         return _migrated(data, state_path, weights_path)

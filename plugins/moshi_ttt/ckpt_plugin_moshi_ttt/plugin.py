@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckpt_core import Detection, FormatSpec, hookimpl
+from ckpt_core import Detection, FormatSpec, hookimpl, jsonfile
 
 from . import layout, reader, state, writer
 from .family import MOSHI
@@ -51,10 +51,10 @@ def detect(path: Path):
         return None
     if kind == "consolidated":
         try:
-            config = state.read_json(path / layout.CONFIG)
+            config = jsonfile.read_object(path / layout.CONFIG)
         except Exception:
             return Detection(NAME, 0.3, "a moshi weights file without a readable config.json", path)
-        moshi = isinstance(config, dict) and "dep_q" in config and "n_q" in config
+        moshi = "dep_q" in config and "n_q" in config
         if not moshi:
             return Detection(NAME, 0.3, "named like a moshi consolidated/ folder, but config.json is not a moshi config", path)
         return Detection(NAME, 0.9, "moshi consolidated/ folder (config.json with n_q and dep_q)", path)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_core import Adapter, Arch, Checkpoint, CorruptInput, Layout, NotFound, Tensor, UsageError
-from ckpt_core import safetensors_io
+from ckpt_core import jsonfile, safetensors_io
 
 from . import keys, layout, state, ttt
 from .family import MOSHI
@@ -44,9 +44,7 @@ def read_weights(consolidated: Path) -> tuple[str, dict[str, Tensor], dict[str, 
     weights = layout.weights_file(consolidated)
     if not (consolidated / layout.CONFIG).is_file():
         raise CorruptInput(f"{consolidated}: no {layout.CONFIG} beside {weights.name}")
-    config = state.read_json(consolidated / layout.CONFIG)
-    if not isinstance(config, dict):
-        raise CorruptInput(f"{consolidated / layout.CONFIG}: not a JSON object")
+    config = jsonfile.read_object(consolidated / layout.CONFIG)
     raw, _ = safetensors_io.open_file(weights)
     return weights.name, raw, config
 

@@ -10,20 +10,12 @@ exact and resumable into the same model. The run config is ``training_config.jso
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import CorruptInput, LossyConversion, OptimizerState, TrainState, torch_pickle, torch_save
+from ckpt_core import CorruptInput, LossyConversion, OptimizerState, TrainState, jsonfile, torch_pickle, torch_save
 
 from . import layout
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise CorruptInput(f"{path}: not valid JSON ({e})") from None
 
 
 def read_yaml(path: Path) -> Any:
@@ -67,7 +59,7 @@ def read(consolidated: Path, folder_step: int | None, run_dir: Path | None) -> T
     if run_dir is not None and (run_dir / layout.ARGS).is_file():
         config["args"] = read_yaml(run_dir / layout.ARGS)
     if (consolidated / layout.TRAINING_CONFIG).is_file():
-        config["training_config"] = read_json(consolidated / layout.TRAINING_CONFIG)
+        config["training_config"] = jsonfile.read_object(consolidated / layout.TRAINING_CONFIG)
     optimizer, opt_step, extra = None, None, {}
     if (consolidated / layout.OPTIMIZER).is_file():
         optimizer, opt_step = read_optimizer(consolidated / layout.OPTIMIZER)

@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from ckpt_core import CorruptInput, NotFound, Tensor, UnsafeInput, torch_pickle
+from ckpt_core import CorruptInput, NotFound, Tensor, UnsafeInput, jsonfile, torch_pickle
 from ckpt_core.safetensors_io import INDEX_SUFFIX, find_index, open_file, open_sharded, read_header, read_index, \
     write_bytes, write_sharded
 
@@ -38,13 +38,7 @@ def read_config(directory: Path) -> dict:
         raise NotFound(f"{directory}: no {CONFIG}; a Hugging Face model directory has one")
     if path.stat().st_size > MAX_CONFIG:
         raise CorruptInput(f"{path}: {path.stat().st_size} bytes is too large for a model config")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise CorruptInput(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise CorruptInput(f"{path}: not a JSON object")
-    return config
+    return jsonfile.read_object(path)
 
 
 def weights(directory: Path) -> tuple[str, Path] | None:
