@@ -118,6 +118,15 @@ def _compiled(table: dict, backward: bool) -> list[tuple[re.Pattern, object]]:
     return found
 
 
+def _first_match(rules: list, name: str) -> tuple[object, dict[str, str]] | None:
+    """The entry of the first rule whose pattern matches ``name``, and the matched fields."""
+    for regex, entry in rules:
+        m = regex.match(name)
+        if m:
+            return entry, m.groupdict()
+    return None
+
+
 def forward(tensors: dict[str, Tensor], table: dict) -> tuple[dict[str, Tensor], list[str]]:
     """Rename (and split) ``tensors`` from the table's left side to its right side.
 
@@ -129,14 +138,11 @@ def forward(tensors: dict[str, Tensor], table: dict) -> tuple[dict[str, Tensor],
     rules = _compiled(table, backward=False)
     pieces_of: dict[int, list[Tensor]] = {}
     for name, t in tensors.items():
-        for regex, dst in rules:
-            m = regex.match(name)
-            if m:
-                break
-        else:
+        found = _first_match(rules, name)
+        if found is None:
             unmatched.append(name)
             continue
-        fields = m.groupdict()
+        dst, fields = found
         if isinstance(dst, str):
             out[dst.format(**fields)] = t
             continue
@@ -158,14 +164,11 @@ def backward(tensors: dict[str, Tensor], table: dict) -> tuple[dict[str, Tensor]
     unmatched: list[str] = []
     rules = _compiled(table, backward=True)
     for name, t in tensors.items():
-        for regex, entry in rules:
-            m = regex.match(name)
-            if m:
-                break
-        else:
+        found = _first_match(rules, name)
+        if found is None:
             unmatched.append(name)
             continue
-        fields = m.groupdict()
+        entry, fields = found
         if isinstance(entry, str):
             slots[entry.format(**fields)] = t
             continue

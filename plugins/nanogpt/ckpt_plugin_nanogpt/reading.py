@@ -18,7 +18,7 @@ from ckpt_core.errors import CkptWarning, CorruptInput, UnknownFormat, UnsafeInp
 from ckpt_core.gpt import GPT
 from ckpt_core.model import Arch, Checkpoint, Layout, OptimizerState, TrainState
 from ckpt_core.tensor import Tensor
-from ckpt_core.torch_io import check_archive, tree_from_torch
+from ckpt_core.torch_io import check_archive
 
 from . import layouts, params, trainstate
 from .family import MODDED_GPT
@@ -99,7 +99,6 @@ def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
     leftovers = top.pop(LEFTOVERS, {})
     if not isinstance(leftovers, dict):
         raise CorruptInput(f"{path}: its {LEFTOVERS!r} entry is not a dict")
-    leftovers = tree_from_torch(leftovers)
     prefix, keys = strip_prefix(model)
     if any(k.startswith(PREFIX) for k in keys):
         raise CorruptInput(f"{path}: some keys start with {PREFIX!r} and some do not")
@@ -163,14 +162,14 @@ def train_state_of(path: Path, kind: Kind, top: dict, leftovers: dict, tensors: 
         return None
     fields: dict[str, Any] = {"step": top.get(step_key)}
     if kind.family == "gpt":
-        fields["best_metric"] = tree_from_torch(top.get("best_val_loss"))
-        fields["config"] = tree_from_torch(top.get("config", {}))
+        fields["best_metric"] = top.get("best_val_loss")
+        fields["config"] = top.get("config", {})
         if "optimizer" in top:
             fields["optimizer"] = trainstate.adamw_by_name(top["optimizer"], tensors, str(path))
     else:
         for key in ("optimizers", "optimizer"):  # a list of state dicts, or (2026) one
             if key in top:
-                fields["optimizer"] = OptimizerState("modded-nanogpt", resumable=False, extra={key: tree_from_torch(top[key])})
+                fields["optimizer"] = OptimizerState("modded-nanogpt", resumable=False, extra={key: top[key]})
     stored = dict(leftovers.get("train_state", {}))
     if isinstance(stored.get("optimizer"), dict):
         stored["optimizer"] = OptimizerState(**stored["optimizer"])

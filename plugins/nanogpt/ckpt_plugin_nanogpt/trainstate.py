@@ -13,7 +13,6 @@ from ckpt_core.errors import CorruptInput
 from ckpt_core.gpt import adamw_param_order
 from ckpt_core.model import OptimizerState
 from ckpt_core.tensor import Tensor
-from ckpt_core.torch_io import tree_from_torch
 
 ADAMW = "adamw"
 BUFFER_SUFFIXES = (".attn.bias", ".attn.rotary_emb.inv_freq")  # registered buffers, not parameters
@@ -41,13 +40,12 @@ def adamw_by_name(state: dict, tensors: dict[str, Tensor], where: str) -> Optimi
         if not isinstance(index, int) or not 0 <= index < len(order):
             raise CorruptInput(f"{where}: optimizer state for parameter #{index!r}, which the model does not have")
         name = order[index]
-        values = tree_from_torch(values)
         for slot, value in values.items():
             if isinstance(value, Tensor) and value.shape not in ((), tensors[name].shape):
                 raise CorruptInput(f"{where}: optimizer {slot} of {name} has shape {list(value.shape)}, "
                                    f"the parameter {list(tensors[name].shape)}")
         param_state[name] = values
-    named_groups = [{k: ([order[i] for i in v] if k == "params" else tree_from_torch(v)) for k, v in g.items()} for g in groups]
+    named_groups = [{k: ([order[i] for i in v] if k == "params" else v) for k, v in g.items()} for g in groups]
     return OptimizerState(ADAMW, param_state, named_groups)
 
 
