@@ -1,99 +1,167 @@
-"""Writing a torch pickle (``torch.save``'s zip format) one tensor at a time.
+"""Writing a torch pickle (``torch.save``'s zip format) without torch, one tensor at a time.
 
-``torch.save`` needs every tensor in memory at once. This writes the same file from lazy
-ckpt-core Tensors: the pickle (``data.pkl``) names each tensor's storage, then each
-storage record is filled from its Tensor's bytes, one tensor in memory at a time. Tensors
-that are the same object share one storage (a tie, as nanoGPT's ``wte``/``lm_head``).
-The result loads with ``torch.load(weights_only=True, mmap=True)``. No library does this:
-torch's own writer wants torch tensors in memory. Every plugin that writes ``.pt`` / ``.bin``
-files uses it; torch is imported on use.
+``torch.save`` needs torch (seconds to import, some 200 MB) and every tensor in memory.
+This writes the same file from lazy ckpt-core Tensors, and it loads with
+``torch.load(weights_only=True, mmap=True)`` and with ``torch_pickle.load``:
+
+- ``data.pkl`` is the pickle torch writes, opcode for opcode (empty bytes aside, see
+  ``_pickle``): protocol 2, each tensor a ``torch._utils._rebuild_tensor_v2`` call over a
+  persistent storage id ``('storage', torch.FloatStorage, key, 'cpu', numel)``
+  (``_rebuild_tensor_v3`` with ``torch.storage.UntypedStorage`` and the dtype for the
+  dtypes that have no legacy storage class: uint16/32/64 and the float8 kinds), bytes as
+  ``_codecs.encode`` calls. The torch objects it names are stand-ins (``_Global``) that a
+  pure-Python pickler writes as GLOBAL opcodes, so torch is never imported.
+- The archive is laid out as torch's writer (miniz) lays it out: records
+  ``<name>/data.pkl``, ``.format_version``, ``.storage_alignment``, ``byteorder``,
+  ``data/<key>``..., ``version``, ``.data/serialization_id``, stored, each record's data
+  at a multiple of 64 bytes (an ``FB`` padding field in the local header), sizes and
+  CRC-32 in a data descriptor after the data, zip64 fields where a size or offset needs
+  them, and always the zip64 end records. It is written by hand, not with ``zipfile``,
+  because ``zipfile`` takes the CRC-32 only from bytes passed through ``write``: here a
+  file range is copied in the kernel (``os.copy_file_range``) and its CRC-32 computed on
+  the other core, or taken from the source archive, while the next record is written.
+- Tensor bytes never sit in memory whole unless they are computed: a Tensor that is a
+  range of a file is copied file to file; a computed one (a transpose, a fused q/k/v) is
+  materialised one at a time and written in chunks.
+
+Tensors that are the same object share one storage (a tie, as nanoGPT's
+``wte``/``lm_head``); each place it appears is its own tensor over that storage, as in a
+``state_dict`` that torch saves.
 """
 
 from __future__ import annotations
 
-import codecs
-import collections
+import contextlib
+import functools
+import io
 import math
+import os
 import pickle
-import warnings
+import secrets
+import struct
+import zipfile
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .tensor import Tensor
+from . import progress
+from .errors import CorruptInput
+from .tensor import FileRange, Tensor
 from .torch_io import TORCH_DTYPES
 
 PROTOCOL = 2  # torch.save's default
+ALIGNMENT = 64  # torch aligns every record's data to this (its ``.storage_alignment``)
+CHUNK_SIZE = 32 * 1024 * 1024  # bytes per copy step and per read when computing a CRC-32
+
+# The dtypes torch pickles with a legacy typed storage class (and ``_rebuild_tensor_v2``);
+# the others get ``UntypedStorage`` and ``_rebuild_tensor_v3``, which names the dtype.
+LEGACY_STORAGES = {
+    "BOOL": "BoolStorage", "U8": "ByteStorage", "I8": "CharStorage", "I16": "ShortStorage", "F16": "HalfStorage",
+    "BF16": "BFloat16Storage", "I32": "IntStorage", "F32": "FloatStorage", "I64": "LongStorage",
+    "F64": "DoubleStorage", "C64": "ComplexFloatStorage",
+}
+
+
+# -- the pickle ------------------------------------------------------------------------------
+
+
+class _Global:
+    """A stand-in for an object the pickle names (``torch.FloatStorage``, say), written
+    as a GLOBAL opcode without importing its module. Get one with ``_global``."""
+
+    def __init__(self, module: str, name: str):
+        self.module = module
+        self.name = name
+
+
+@functools.cache
+def _global(module: str, name: str) -> _Global:
+    """One stand-in per name, so the pickler memoizes it and names it once, as torch's does."""
+    return _Global(module, name)
+
+
+class _Call:
+    """``func(*args)`` in the pickle: GLOBAL func, the args tuple, REDUCE."""
+
+    def __init__(self, func: _Global, args: tuple):
+        self.func = func
+        self.args = args
 
 
 class _Storage:
-    """One storage record: the key it is stored under and the Tensor that fills it."""
+    """One storage record: the Tensor that fills it, and its key once the pickler gives it one."""
 
-    def __init__(self, key: str, tensor: Tensor):
-        self.key = key
+    def __init__(self, tensor: Tensor):
         self.tensor = tensor
+        self.key: str | None = None
 
 
-class _Bytes:
-    """Pickles bytes as torch.save does (``_codecs.encode``), even empty ones, which plain
-    pickle writes as ``builtins.bytes()``, a call ``weights_only`` refuses."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def __reduce__(self):
-        return codecs.encode, (self.data.decode("latin1"), "latin1")
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Strides of a contiguous tensor as torch computes them (a 0 size counts as 1)."""
+    return tuple(math.prod(max(n, 1) for n in shape[i + 1:]) for i in range(len(shape)))
 
 
-class _TensorRef:
-    """Pickles as torch pickles a contiguous tensor over a whole storage."""
-
-    def __init__(self, storage: _Storage):
-        self.storage = storage
-
-    def __reduce_ex__(self, protocol):
-        import torch
-
-        t = self.storage.tensor
-        shape = tuple(t.shape)
-        stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
-        dtype = getattr(torch, TORCH_DTYPES[t.dtype])
-        hooks = collections.OrderedDict()
-        if _legacy_storage_name(dtype) is not None:
-            return torch._utils._rebuild_tensor_v2, (self.storage, 0, shape, stride, False, hooks)
-        return torch._utils._rebuild_tensor_v3, (self.storage, 0, shape, stride, False, hooks, dtype)
+def _tensor_call(storage: _Storage) -> _Call:
+    """How torch pickles a contiguous tensor over a whole storage."""
+    t = storage.tensor
+    shape = tuple(int(n) for n in t.shape)  # a new tuple for each tensor, as torch pickles one
+    args = (storage, 0, shape, _contiguous_strides(shape), False,
+            _Call(_global("collections", "OrderedDict"), ()))  # the backward hooks: none
+    if t.dtype in LEGACY_STORAGES:
+        return _Call(_global("torch._utils", "_rebuild_tensor_v2"), args)
+    return _Call(_global("torch._utils", "_rebuild_tensor_v3"), (*args, _global("torch", TORCH_DTYPES[t.dtype])))
 
 
-def _legacy_storage_name(dtype) -> str | None:
-    """``FloatStorage`` and friends, which torch pickles where they exist (None: it has none)."""
-    import torch
+class _Pickler(pickle._Pickler):
+    """The pure-Python pickler (the C one looks every global up by importing its module),
+    taught to write ``_Global`` and ``_Call`` stand-ins, and storages as persistent ids.
+    Storage keys are given in the order the pickle first names them, as torch gives them."""
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TypedStorage is deprecated, but it names what torch writes
-        try:
-            return torch.storage.TypedStorage(dtype=dtype, device="cpu")._pickle_storage_type()
-        except KeyError:
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
+
+    def __init__(self, file):
+        super().__init__(file, protocol=PROTOCOL)
+        self.storages: list[_Storage] = []
+
+    def persistent_id(self, obj):
+        if not isinstance(obj, _Storage):
             return None
+        if obj.key is None:
+            obj.key = str(len(self.storages))
+            self.storages.append(obj)
+        t = obj.tensor
+        if t.dtype in LEGACY_STORAGES:
+            return ("storage", _global("torch", LEGACY_STORAGES[t.dtype]), obj.key, "cpu", t.numel)
+        return ("storage", _global("torch.storage", "UntypedStorage"), obj.key, "cpu", t.nbytes)
+
+    def save_stand_in_global(self, obj: _Global) -> None:
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii"))
+        self.memoize(obj)
+
+    def save_call(self, obj: _Call) -> None:
+        self.save(obj.func)
+        self.save(obj.args)
+        self.write(pickle.REDUCE)
+        self.memoize(obj)
+
+    dispatch[_Global] = save_stand_in_global
+    dispatch[_Call] = save_call
 
 
-def save(obj: Any, path: Path) -> None:
-    """Write ``obj`` (plain data, with ckpt-core Tensors anywhere inside) as a torch pickle.
-    Tensors come back from ``torch.load`` as torch tensors, byte for byte."""
-    import io
-
-    import torch
-    from torch.serialization import _open_zipfile_writer
-
+def _pickle(obj: Any) -> tuple[bytes, list[_Storage]]:
+    """``data.pkl`` for ``obj`` and the storages it names, in key order."""
     storages: dict[int, _Storage] = {}
 
     def swap(value):
         if isinstance(value, Tensor):
-            if id(value) not in storages:
-                storages[id(value)] = _Storage(str(len(storages)), value)
-            return _TensorRef(storages[id(value)])
+            return _tensor_call(storages.setdefault(id(value), _Storage(value)))
         if isinstance(value, (bytes, bytearray)):
-            return _Bytes(bytes(value))
+            # as torch spells bytes; empty ones too, which torch (as plain pickle) writes as
+            # builtins.bytes(), a call ckpt-core's own reader refuses
+            return _Call(_global("_codecs", "encode"), (bytes(value).decode("latin1"), "latin1"))
         if isinstance(value, dict):
             return {swap(k): swap(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -102,28 +170,265 @@ def save(obj: Any, path: Path) -> None:
             return tuple(swap(v) for v in value)
         return value
 
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, value):
-            if not isinstance(value, _Storage):
-                return None
-            t = value.tensor
-            dtype = getattr(torch, TORCH_DTYPES[t.dtype])
-            legacy = _legacy_storage_name(dtype)
-            if legacy is None:
-                return ("storage", torch.storage.UntypedStorage, value.key, "cpu", t.nbytes)
-            return ("storage", getattr(torch, legacy), value.key, "cpu", t.numel)
-
+    swapped = swap(obj)  # held until pickled: the memo goes by id
     buffer = io.BytesIO()
-    Pickler(buffer, protocol=PROTOCOL).dump(swap(obj))
-    data = buffer.getvalue()
-    with _open_zipfile_writer(str(path)) as writer:
-        writer.write_record("data.pkl", data, len(data))
-        writer.write_record(".format_version", "1", 1)
-        writer.write_record(".storage_alignment", "64", 2)
-        writer.write_record("byteorder", "little", len("little"))
-        for storage in storages.values():
-            raw = np.ascontiguousarray(storage.tensor.raw()).reshape(-1).view(np.uint8)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # raw may be read-only; torch only reads it here
-                words = torch.from_numpy(raw)  # shares raw's memory: no copy
-            writer.write_record(f"data/{storage.key}", words.untyped_storage(), raw.size)
+    pickler = _Pickler(buffer)
+    pickler.dump(swapped)
+    return buffer.getvalue(), pickler.storages
+
+
+# -- the zip archive -------------------------------------------------------------------------
+
+_LOCAL = struct.Struct("<4sHHHHHIIIHH")  # local file header (30 bytes)
+_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")  # central directory entry (46 bytes)
+_ZIP64_END = struct.Struct("<4sQHHIIQQQQ")
+_ZIP64_LOCATOR = struct.Struct("<4sIQI")
+_END = struct.Struct("<4sHHHHIIH")
+# Versions "made by" and "needed" are 0 in every header, as miniz writes them; only the
+# zip64 end record names a version.
+_UTF8 = 0x0800  # the name is UTF-8
+_DESCRIBED = 0x0008  # sizes and CRC-32 are in a data descriptor after the data (not for an empty record)
+_ZIP64_VERSION = 45
+_NOT_HERE = 0xFFFFFFFF  # the value of a 4-byte field whose value is in the zip64 field
+# A size or offset this large goes into a zip64 field (the largest 4-byte value means
+# "see the zip64 field", so it counts too). Lowering it gives small files zip64 fields,
+# which is how the tests check them without writing 4 GB.
+ZIP64_FROM = 0xFFFFFFFF
+
+
+class _Record:
+    """One stored record: its name, where its local header starts, its size, its local
+    header, where its data starts, and its CRC-32 (or the Future computing it)."""
+
+    def __init__(self, name: bytes, offset: int, size: int):
+        self.name = name
+        self.offset = offset
+        self.size = size
+        self.zip64 = size >= ZIP64_FROM or offset >= ZIP64_FROM
+        self.flags = _UTF8 | (_DESCRIBED if size else 0)
+        self.header = self._local_header()
+        self.data_offset = offset + len(self.header)
+        self.crc: int | Future = 0
+
+    def _local_header(self) -> bytes:
+        """The local header, its zip64 field (miniz's: sizes when large, offset when far)
+        and the padding that puts the data at a multiple of ``ALIGNMENT``."""
+        extra = self._zip64_field(compressed_size=0)
+        start = self.offset + _LOCAL.size + len(self.name) + len(extra) + 4
+        pad = -start % ALIGNMENT
+        extra += b"FB" + struct.pack("<H", pad) + b"Z" * pad
+        return _LOCAL.pack(b"PK\x03\x04", 0, self.flags, 0, 0, 0, 0, 0, 0,
+                           len(self.name), len(extra)) + self.name + extra
+
+    def _zip64_field(self, compressed_size: int) -> bytes:
+        """The zip64 extra field: the sizes if they need it, then the offset if it does
+        (none if neither). miniz gives the compressed size as 0 in the local header."""
+        values = [self.size, compressed_size] if self.size >= ZIP64_FROM else []
+        values += [self.offset] if self.offset >= ZIP64_FROM else []
+        return struct.pack(f"<HH{len(values)}Q", 1, 8 * len(values), *values) if values else b""
+
+    def descriptor(self, crc: int) -> bytes:
+        """The data descriptor (none for an empty record, whose header says it all)."""
+        if not self.size:
+            return b""
+        if self.zip64:
+            return struct.pack("<4sIQQ", b"PK\x07\x08", crc, self.size, self.size)
+        return struct.pack("<4sIII", b"PK\x07\x08", crc, self.size, self.size)
+
+    def central_entry(self, crc: int) -> bytes:
+        extra = self._zip64_field(compressed_size=self.size)
+        size = _NOT_HERE if self.size >= ZIP64_FROM else self.size
+        offset = _NOT_HERE if self.offset >= ZIP64_FROM else self.offset
+        return _CENTRAL.pack(b"PK\x01\x02", 0, 0, self.flags, 0, 0, 0, crc, size, size,
+                             len(self.name), len(extra), 0, 0, 0, 0, offset) + self.name + extra
+
+
+def _archive_name(path: Path) -> str:
+    """The folder name torch gives the records: the file name up to its last dot, or
+    ``archive`` when that leaves nothing or something that is not plain ASCII."""
+    name = Path(path).name
+    stem = name[:name.rfind(".")] if "." in name else name
+    return stem if stem and stem.isascii() and stem.isprintable() else "archive"
+
+
+def _end_records(records: list[_Record], start: int, end: int) -> bytes:
+    """The zip64 end record, its locator and the end record (torch writes all three)."""
+    count, size = len(records), end - start
+    return (_ZIP64_END.pack(b"PK\x06\x06", _ZIP64_END.size - 12, 0x031E, _ZIP64_VERSION, 0, 0, count, count, size, start)
+            + _ZIP64_LOCATOR.pack(b"PK\x06\x07", 0, end, 1)
+            + _END.pack(b"PK\x05\x06", 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
+                        _NOT_HERE if size >= ZIP64_FROM else size, _NOT_HERE if start >= ZIP64_FROM else start, 0))
+
+
+# -- tensor bytes ----------------------------------------------------------------------------
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_range(src: int, rng: FileRange, out: int) -> None:
+    """Append ``rng`` of the open file ``src`` to ``out``: in the kernel where it can
+    (``copy_file_range``), else read and written through one reused buffer."""
+    offset, left = rng.offset, rng.nbytes
+    buffer = None
+    while left:
+        step = min(left, CHUNK_SIZE)
+        if buffer is None:
+            try:
+                done = os.copy_file_range(src, out, step, offset)
+            except OSError:  # another filesystem (EXDEV), or one that cannot: copy by hand
+                buffer = memoryview(bytearray(min(left, CHUNK_SIZE)))
+                continue
+        else:
+            done = os.preadv(src, [buffer[:step]], offset)
+            _write_all(out, buffer[:done])
+        if done == 0:
+            raise CorruptInput(f"{rng.path}: file ends inside a tensor's data (truncated?)")
+        offset += done
+        left -= done
+        progress.advance(done)
+
+
+def _crc_range(rng: FileRange) -> int:
+    """The CRC-32 of a file range, read through one reused buffer."""
+    crc, offset, left = 0, rng.offset, rng.nbytes
+    buffer = memoryview(bytearray(min(left, CHUNK_SIZE)))
+    with open(rng.path, "rb", buffering=0) as f:
+        while left:
+            done = os.preadv(f.fileno(), [buffer[:min(left, len(buffer))]], offset)
+            if not done:
+                raise CorruptInput(f"{rng.path}: file ends inside a tensor's data (truncated?)")
+            crc = zlib.crc32(buffer[:done], crc)
+            offset += done
+            left -= done
+    return crc
+
+
+def _stored_crcs(path: Path) -> dict[tuple[int, int], int]:
+    """``(data offset, size) -> CRC-32`` of each stored record of the zip archive at
+    ``path`` (a torch file); empty for a file that is not a zip archive."""
+    crcs = {}
+    try:
+        with open(path, "rb") as f:
+            if not zipfile.is_zipfile(f):
+                return {}
+            with zipfile.ZipFile(f) as archive:
+                for info in archive.infolist():
+                    if info.compress_type != zipfile.ZIP_STORED:
+                        continue
+                    f.seek(info.header_offset)
+                    local = f.read(_LOCAL.size)
+                    if len(local) != _LOCAL.size or local[:4] != b"PK\x03\x04":
+                        return {}
+                    name_len, extra_len = struct.unpack("<HH", local[26:30])
+                    crcs[info.header_offset + _LOCAL.size + name_len + extra_len, info.file_size] = info.CRC
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return {}
+    return crcs
+
+
+class _Sources:
+    """The source files of file-range Tensors: each opened once, its archive's CRC-32s read once."""
+
+    def __init__(self, stack: contextlib.ExitStack):
+        self._stack = stack
+        self._fds: dict[Path, int] = {}
+        self._crcs: dict[Path, dict[tuple[int, int], int]] = {}
+
+    def fd(self, path: Path) -> int:
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+            self._stack.callback(os.close, self._fds[path])
+        return self._fds[path]
+
+    def known_crc(self, rng: FileRange) -> int | None:
+        """The CRC-32 the source archive already records for exactly these bytes, if any."""
+        if rng.path not in self._crcs:
+            self._crcs[rng.path] = _stored_crcs(rng.path)
+        return self._crcs[rng.path].get((rng.offset, rng.nbytes))
+
+
+# -- save ------------------------------------------------------------------------------------
+
+
+def save(obj: Any, path: Path) -> None:
+    """Write ``obj`` (plain data, with ckpt-core Tensors anywhere inside) as a torch pickle
+    at ``path``, replacing any file there. Tensors come back from ``torch.load`` as torch
+    tensors, byte for byte. The caller makes the write atomic and durable (``atomic.py``).
+
+    Each record's CRC-32 is computed on a worker thread while the next record is written,
+    and patched into its data descriptor at the end; a file range that is a whole stored
+    record of a zip archive (an unchanged tensor of a torch source file) takes the CRC-32
+    that archive records for the same bytes: a damaged source stays detectable in the copy
+    instead of getting a fresh checksum over damaged bytes. One computed tensor is in
+    memory at a time: the next is made once the previous one is written and checksummed.
+    """
+    data, storages = _pickle(obj)
+    archive = _archive_name(path).encode("ascii")
+    small = [(b"data.pkl", data), (b".format_version", b"1"), (b".storage_alignment", str(ALIGNMENT).encode()),
+             (b"byteorder", b"little")]
+    tail = [(b"version", b"3\n"), (b".data/serialization_id", f"{secrets.randbits(128):040d}".encode())]
+    records: list[_Record] = []
+    position = 0
+
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(path, "wb", buffering=0)).fileno()
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        sources = _Sources(stack)
+        last_computed: Future | None = None
+
+        def begin(name: bytes, size: int) -> _Record:
+            record = _Record(archive + b"/" + name, position, size)
+            _write_all(out, record.header)
+            records.append(record)
+            return record
+
+        def end(record: _Record) -> None:
+            nonlocal position
+            crc = record.crc if isinstance(record.crc, int) else 0  # patched once computed
+            _write_all(out, record.descriptor(crc))
+            position = record.data_offset + record.size + len(record.descriptor(0))
+
+        def write_computed(t: Tensor) -> Future:
+            """Make ``t``'s bytes and write them; the worker computing their CRC-32 holds
+            the only reference to them once this returns."""
+            flat = memoryview(t.raw().reshape(-1).view(np.uint8))
+            for start in range(0, len(flat), CHUNK_SIZE):
+                piece = flat[start:start + CHUNK_SIZE]
+                _write_all(out, piece)
+                progress.advance(len(piece))
+            return pool.submit(zlib.crc32, flat)
+
+        def write_small(name: bytes, content: bytes) -> None:
+            record = begin(name, len(content))
+            _write_all(out, content)
+            record.crc = zlib.crc32(content)
+            end(record)
+
+        for name, content in small:
+            write_small(name, content)
+        for storage in storages:
+            t = storage.tensor
+            record = begin(b"data/" + storage.key.encode(), t.nbytes)
+            if t.file_range is not None and t.nbytes:
+                rng = t.file_range
+                known = sources.known_crc(rng)
+                _copy_range(sources.fd(rng.path), rng, out)
+                record.crc = known if known is not None else pool.submit(_crc_range, rng)
+            elif t.nbytes:
+                if last_computed is not None:
+                    last_computed.result()  # the previous computed tensor is checksummed and freed
+                record.crc = last_computed = write_computed(t)
+            end(record)
+        for name, content in tail:
+            write_small(name, content)
+
+        for record in records:
+            if isinstance(record.crc, Future):
+                record.crc = record.crc.result()
+                os.pwrite(out, record.descriptor(record.crc), record.data_offset + record.size)
+        central = b"".join(record.central_entry(record.crc) for record in records)
+        _write_all(out, central + _end_records(records, position, position + len(central)))
