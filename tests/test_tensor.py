@@ -527,3 +527,29 @@ def test_to_mlx_keeps_bf16_words_and_refuses_f64():
     assert Tensor.from_numpy(np.arange(4, dtype=np.int32)).to_mlx().tolist() == [0, 1, 2, 3]
     with pytest.raises(TypeError, match="float64"):
         Tensor.from_numpy(np.zeros(2)).to_mlx()
+
+
+def test_file_range_slices_and_rejoins_stay_file_ranges(tmp_path):
+    """Splitting a fused weight of a file and re-fusing it never reads it: contiguous slices
+    are sub-ranges, and pieces that fill a range end to end join back into it."""
+    words = random_words("BF16", (12, 4), seed=8)
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"\0" * 6 + words.tobytes())
+    t = Tensor.from_file(path, 6, "BF16", (12, 4))
+    q, k, v = t.split(0, [4, 4, 4])
+    assert [p.file_range.offset for p in (q, k, v)] == [6, 6 + 32, 6 + 64] and all(p.file_range.nbytes == 32 for p in (q, k, v))
+    check_raw(k, words[4:8])
+    fused = Tensor.stack([q, k, v])
+    assert fused.file_range == t.file_range and fused.shape == (3, 4, 4)
+    check_raw(fused, words.reshape(3, 4, 4))
+    assert Tensor.concat([q, k, v]).file_range == t.file_range
+    inner = t.reshape(1, 12, 4).slice(1, 2, 5)  # a leading axis of one is still contiguous
+    assert inner.file_range.offset == 6 + 2 * 8
+    check_raw(inner, words[None, 2:5])
+    assert t.slice(1, 1, 3).file_range is None  # columns are strided: computed
+    check_raw(t.slice(1, 1, 3), words[:, 1:3])
+    assert Tensor.stack([k, q]).file_range is None  # out of order: computed
+    check_raw(Tensor.stack([k, q]), np.stack([words[4:8], words[0:4]]))
+    path.write_bytes(b"\0" * 6 + words.tobytes()[:40])
+    with pytest.raises(CorruptInput, match="truncated"):
+        v.raw()

@@ -201,6 +201,10 @@ class Tensor:
         if not 0 <= start <= stop <= self.shape[axis]:
             raise ValueError(f"slice {start}:{stop} out of range for axis {axis} of {list(self.shape)}")
         shape = self.shape[:axis] + (stop - start,) + self.shape[axis + 1:]
+        if self.file_range is not None and math.prod(self.shape[:axis]) == 1:
+            # one contiguous piece of the file: stays a file range (copied kernel-side, never read whole)
+            row = math.prod(self.shape[axis + 1:]) * dtypes.get(self.dtype).itemsize
+            return Tensor.from_file(self.file_range.path, self.file_range.offset + start * row, self.dtype, shape)
         index = (slice(None),) * axis + (slice(start, stop),)
         return self._derive(shape, lambda a: np.ascontiguousarray(a[index]))
 
@@ -225,6 +229,10 @@ class Tensor:
             raise ValueError("stack needs tensors of one shape")
         axis = axis % (len(first.shape) + 1)
         shape = first.shape[:axis] + (len(tensors),) + first.shape[axis:]
+        if math.prod(shape[:axis]) == 1:
+            joined = _adjacent_range(tensors, first.dtype, shape)
+            if joined is not None:
+                return joined
         return Tensor(first.dtype, shape, load=lambda: np.stack([t.raw() for t in tensors], axis=axis))
 
     @staticmethod
@@ -236,7 +244,24 @@ class Tensor:
         if any(r != rest[0] for r in rest):
             raise ValueError("concat needs tensors that agree off the joined axis")
         shape = first.shape[:axis] + (sum(t.shape[axis] for t in tensors),) + first.shape[axis + 1:]
+        if math.prod(shape[:axis]) == 1:
+            joined = _adjacent_range(tensors, first.dtype, shape)
+            if joined is not None:
+                return joined
         return Tensor(first.dtype, shape, load=lambda: np.concatenate([t.raw() for t in tensors], axis=axis))
+
+
+def _adjacent_range(tensors: Sequence[Tensor], dtype: str, shape: tuple[int, ...]) -> Tensor | None:
+    """The file range that ``tensors`` fill end to end (one file, in order), as one Tensor of
+    ``shape``; None if they are not such ranges. Joining along the outermost axis is then
+    just the wider range: a split fused tensor (q, k, v of ``c_attn``) re-fuses without a read."""
+    ranges = [t.file_range for t in tensors]
+    if any(r is None for r in ranges):
+        return None
+    for a, b in zip(ranges, ranges[1:]):
+        if b.path != a.path or b.offset != a.offset + a.nbytes:
+            return None
+    return Tensor.from_file(ranges[0].path, ranges[0].offset, dtype, shape)
 
 
 def _same_dtype(tensors: Sequence[Tensor]) -> Tensor:
