@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from ckpt_core import safetensors_io
 from ckpt_core.atomic import atomic_output
-from ckpt_core.errors import DestinationExists, NotFound, PluginError
+from ckpt_core.errors import DestinationExists, DiskFull, NotFound, PluginError
 from ckpt_core.tensor import Tensor
 
 
@@ -148,6 +149,18 @@ def test_a_writer_that_writes_nothing_is_a_plugin_error(tmp_path):
         with atomic_output(dst, overwrite=True):
             pass
     assert dst.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left on device"), (errno.EDQUOT, "disk quota exceeded")])
+def test_a_full_disk_is_disk_full_naming_the_destination(tmp_path, code, words):
+    dst = tmp_path / "out"
+    with pytest.raises(DiskFull) as caught:
+        with atomic_output(dst) as tmp:
+            make_dir(tmp, {"a.bin": b"part"})
+            raise OSError(code, os.strerror(code))  # what a writer's write() raises on a full disk
+    assert str(caught.value) == f"{words} writing {dst}; nothing was written (free some space and retry)"
+    assert caught.value.exit_code == 11
+    assert os.listdir(tmp_path) == []
 
 
 def test_the_result_is_on_disk_and_named_by_a_fsynced_directory(tmp_path):

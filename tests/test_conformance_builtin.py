@@ -75,7 +75,9 @@ class TestCanonical(FormatConformance):
         return tmp_path / "ckpt"
 
     bad_inputs = [("shard name escaping the directory", _escaping_shard, UnsafeInput),
-                  ("unknown manifest version", _bad_version, ckpt_core.CorruptInput)]
+                  ("unknown manifest version", _bad_version, ckpt_core.CorruptInput),
+                  ("extra that is not a mapping", lambda d: _canonical_with(d, lambda m: m.update(extra=True)),
+                   ckpt_core.CorruptInput)]
 
 
 class TestSafetensorsFile(FormatConformance):

@@ -8,14 +8,13 @@ another exception, never a hang. Then one named case per validation rule, and th
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import struct
 from datetime import timedelta
 
 import numpy as np
 import pytest
+from bad_input_cases import time_limit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -167,19 +166,7 @@ mutated_files = st.one_of(flipped(), truncated(), junk_appended(), length_prefix
                           duplicated_keys(), raw_headers())
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Fail instead of hanging (Hypothesis's deadline only measures finished examples)."""
-    def alarm(signum, frame):
-        raise TimeoutError(f"took more than {seconds} s: hung?")
 
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 FUZZ = settings(max_examples=400, deadline=timedelta(seconds=3),

@@ -449,3 +449,16 @@ def test_build_header_refuses_non_string_metadata():
 def test_a_tensor_named_like_the_metadata_key_is_refused(tmp_path):
     with pytest.raises(UsageError, match="__metadata__"):
         safetensors_io.write_file(tmp_path / "x.safetensors", {"__metadata__": Tensor.from_numpy(np.zeros(2, np.float32))})
+
+
+def test_a_link_loop_is_not_found_and_loading_one_is_corrupt_input(tmp_path):
+    """A shard that links to itself cannot be resolved (RuntimeError or OSError from
+    ``Path.resolve``): the index names a file that is not there. A self-link opened
+    directly (ELOOP) is CorruptInput, not a plugin crash."""
+    import ckpt_core
+
+    (tmp_path / "loop.safetensors").symlink_to("loop.safetensors")
+    with pytest.raises(NotFound, match="a loop"):
+        safetensors_io.open_sharded(write_index(tmp_path, {"x": "loop.safetensors"}))
+    with pytest.raises(CorruptInput, match="link that leads to itself"):
+        ckpt_core.load(tmp_path / "loop.safetensors", "safetensors")

@@ -118,3 +118,13 @@ def test_other_indexes_match_any_number_and_never_count_as_layers():
         assert schema.problems({n: ck.tensor(n).shape for n in ck.names()}, ck.arch.params) == []
 
     drawn_checkpoints_fit()
+
+
+def test_a_layer_count_that_is_not_a_number_or_absurd_is_a_problem_not_a_crash():
+    """``n_layer`` comes from files (config.json, manifests): a dict there was a TypeError,
+    and 2**64 layers listed every missing layer (a hang)."""
+    shapes = {"transformer.wte.weight": (8, 4), "transformer.wpe.weight": (4, 4), "lm_head.weight": (8, 4),
+              "transformer.ln_f.weight": (4,)}
+    assert any("n_layer is {}" in p for p in GPT.problems(shapes, {"n_layer": {}}))
+    found = GPT.problems(shapes, {"n_layer": 2 ** 64})
+    assert any(p.startswith("transformer.h.0.") and p.endswith("missing") for p in found)

@@ -134,3 +134,59 @@ def test_tree_from_torch_keeps_one_tensor_under_several_keys_as_one():
     weight = torch.ones(2, 3)
     tree = torch_io.tree_from_torch({"wte": weight, "head": weight, "other": torch.ones(2, 3), "list": [weight]})
     assert tree["wte"] is tree["head"] is tree["list"][0] and tree["other"] is not tree["wte"]
+
+
+class _Reduce:
+    def __init__(self, func, args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+@pytest.mark.parametrize("form", ["zip", "legacy", "bare pickle"])
+def test_code_globals_are_named_in_every_pickle_protocol_and_form(tmp_path, protocol, form):
+    """torch's weights-only unpickler cannot read protocols 0, 4 and 5 at all (and its own
+    scan misses globals there and in non-zip files): the refusal still names the global, as
+    Python 3 imports it (protocol 2 spells ``subprocess`` the Python 2 way, ``commands``)."""
+    import pickle
+    import subprocess
+
+    canary = tmp_path / "ran"
+    obj = {"model": {"w": torch.ones(2)}, "hook": [_Reduce(subprocess.check_call, (["touch", str(canary)],))]}
+    path = tmp_path / "evil.pt"
+    if form == "zip":
+        torch.save(obj, path, pickle_protocol=protocol)
+    elif form == "legacy":
+        torch.save(obj, path, pickle_protocol=protocol, _use_new_zipfile_serialization=False)
+    else:
+        path.write_bytes(pickle.dumps({"hook": obj["hook"]}, protocol=protocol))
+    with pytest.raises(UnsafeInput, match=r"it needs subprocess\.check_call\b") as caught:
+        torch_io.load_pickle(path)
+    assert "\n" not in str(caught.value) and not canary.exists()
+
+
+def test_damage_torch_load_meets_as_any_exception_is_corrupt_input(tmp_path):
+    """A pickle that calls an allowed tensor rebuild with the wrong arguments makes
+    torch.load raise TypeError (weights only: nothing ran): damage, not a plugin crash."""
+    torch.save({"w": _Reduce(torch._utils._rebuild_tensor_v2, ("not a storage",))}, tmp_path / "bad.pt")
+    with pytest.raises(CorruptInput, match="not a readable torch checkpoint"):
+        torch_io.load_pickle(tmp_path / "bad.pt")
+
+
+def test_is_zip_is_false_for_a_damaged_zip64_end_record(tmp_path):
+    """``zipfile.is_zipfile`` raises BadZipFile for a ZIP64 locator naming several disks;
+    ``is_zip`` says False, and the file still loads (torch's reader ignores the locator)."""
+    import struct
+
+    from ckpt_core import torch_pickle
+
+    torch.save({"w": torch.arange(3.0)}, tmp_path / "ok.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    end = data.rfind(b"PK\x05\x06")
+    locator = struct.pack("<IIQI", 0x07064B50, 0, 0, 2)  # a ZIP64 end locator: two disks
+    (tmp_path / "bad.pt").write_bytes(data[:end] + locator + data[end:])
+    assert torch_io.is_zip(tmp_path / "ok.pt") and not torch_io.is_zip(tmp_path / "bad.pt")
+    assert torch.equal(torch_io.load_pickle(tmp_path / "bad.pt")["w"], torch.arange(3.0))
+    assert torch_pickle.load(tmp_path / "bad.pt")["w"].numpy().tolist() == [0.0, 1.0, 2.0]

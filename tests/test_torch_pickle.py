@@ -92,3 +92,67 @@ def test_load_reads_plain_files_itself_and_the_rest_through_torch(tmp_path):
     with pytest.raises(UnsafeInput, match="ScriptState"):
         torch_pickle.load(tmp_path / "unsafe.pt")
     assert not marker.exists()
+
+
+def _rezipped(src, dst, pkl_bytes):
+    """``src`` with its data.pkl replaced, written as a stored zip at ``dst``."""
+    with zipfile.ZipFile(src) as z:
+        members = [(n, z.read(n)) for n in z.namelist()]
+    with zipfile.ZipFile(dst, "w") as z:
+        for n, content in members:
+            z.writestr(n, pkl_bytes if n.endswith("data.pkl") else content)
+
+
+@pytest.mark.parametrize("stride", [-1, 2 ** 40])
+def test_a_stride_outside_the_storage_is_corrupt_input_not_a_wild_read(tmp_path, stride):
+    """A negative or huge stride once passed the bounds check and made the strided view read
+    outside the mapped file (a segfault): the scanner refuses any shape, stride or offset
+    that is not a non-negative int, and every tensor it makes fits its storage."""
+    import pickle
+    import pickletools
+
+    torch.save({"w": torch.arange(4.0)}, tmp_path / "ok.pt")
+    with zipfile.ZipFile(tmp_path / "ok.pt") as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    ops = list(pickletools.genops(data))
+    after_pid = next(i for i, (op, _, _) in enumerate(ops) if op.name == "BINPERSID")
+    ints = [i for i in range(after_pid, len(ops)) if ops[i][0].name in ("BININT1", "BININT", "BININT2")]
+    stride_at = ints[2]  # offset 0, shape (4,), stride (1,)
+    start, end = ops[stride_at][2], ops[stride_at + 1][2]
+    _rezipped(tmp_path / "ok.pt", tmp_path / "bad.pt", data[:start] + pickle.dumps(stride, 2)[2:-1] + data[end:])
+    if stride < 0:
+        with pytest.raises(CorruptInput, match="damaged pickle"):
+            torch_pickle.scan(tmp_path / "bad.pt")
+    with pytest.raises(CorruptInput):
+        torch_pickle.load(tmp_path / "bad.pt")
+
+
+def test_an_unknown_zip_version_is_corrupt_input(tmp_path):
+    """zipfile raises NotImplementedError for a record needing a newer zip version."""
+    from ckpt_core.torch_io import check_archive
+
+    torch.save({"w": torch.ones(3)}, tmp_path / "ok.pt")
+    data = bytearray((tmp_path / "ok.pt").read_bytes())
+    data[data.find(b"PK\x01\x02") + 6] = 200  # version needed to extract: 20.0
+    (tmp_path / "bad.pt").write_bytes(bytes(data))
+    with pytest.raises(CorruptInput, match="zip file version"):
+        torch_pickle.scan(tmp_path / "bad.pt")
+    with pytest.raises(CorruptInput):
+        check_archive(tmp_path / "bad.pt")
+
+
+def test_python_2_spellings_are_named_as_python_3_imports_them(tmp_path):
+    """Protocol 2 writes ``subprocess.Popen`` as ``commands.Popen``: records and the
+    static listing name what unpickling would really import."""
+    import pickle
+    import subprocess
+
+    class Spawn:
+        def __reduce__(self):
+            return subprocess.Popen, (["true"],)
+
+    torch.save({"w": torch.ones(1), "x": Spawn()}, tmp_path / "a.pt")
+    (tmp_path / "b.pkl").write_bytes(pickle.dumps({"x": Spawn()}, protocol=4))
+    assert torch_pickle.scan(tmp_path / "a.pt").records == ("subprocess.Popen",)
+    assert "subprocess.Popen" in torch_pickle.named_globals(tmp_path / "a.pt")
+    assert torch_pickle.named_globals(tmp_path / "b.pkl") == ["subprocess.Popen"]

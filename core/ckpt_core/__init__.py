@@ -10,8 +10,8 @@ Plugins implement the hooks in ``ckpt_core.hookspecs`` with ``@ckpt_core.hookimp
 """
 
 from .api import convert, detect, diff, latest, list_checkpoints, load, prune, save, train_state
-from .errors import (CkptError, CkptWarning, CorruptInput, DestinationExists, LossyConversion, NotFound, PluginError,
-                     UnknownFormat, UnsafeInput, UsageError)
+from .errors import (CkptError, CkptWarning, CorruptInput, DestinationExists, DiskFull, LossyConversion, NotFound,
+                     PluginError, UnknownFormat, UnsafeInput, UsageError)
 from .hookspecs import hookimpl
 from .model import Adapter, Arch, Checkpoint, Detection, FormatSpec, Layout, OptimizerState, RunEntry, TrainState
 from .schema import FamilySchema, TensorRule
@@ -19,8 +19,8 @@ from .tensor import Tensor
 
 __all__ = [
     "convert", "detect", "diff", "latest", "list_checkpoints", "load", "prune", "save", "train_state",
-    "CkptError", "CkptWarning", "CorruptInput", "DestinationExists", "LossyConversion", "NotFound", "PluginError",
-    "UnknownFormat", "UnsafeInput", "UsageError", "hookimpl",
+    "CkptError", "CkptWarning", "CorruptInput", "DestinationExists", "DiskFull", "LossyConversion", "NotFound",
+    "PluginError", "UnknownFormat", "UnsafeInput", "UsageError", "hookimpl",
     "Adapter", "Arch", "Checkpoint", "Detection", "FormatSpec", "Layout", "OptimizerState", "RunEntry",
     "TrainState", "FamilySchema", "TensorRule", "Tensor",
 ]

@@ -7,6 +7,7 @@ unexpected exception becomes a PluginError naming the plugin.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ def _call(hook, format: str, **kwargs):
         raise CorruptInput(f"{e.filename}: is a file where {format!r} expects a directory") from e
     except PermissionError as e:
         raise CkptError(f"{e.filename}: permission denied") from e
+    except OSError as e:  # the file system's answer (a link loop, an I/O error), not a plugin's bug
+        if e.errno == errno.ELOOP:
+            raise CorruptInput(f"{e.filename}: a symbolic link that leads to itself") from e
+        if e.errno in atomic.NO_SPACE:
+            raise  # a full disk: the atomic writer around the call reports it (DiskFull, naming the destination)
+        raise CkptError(f"{e.filename}: {e.strerror or e}") from e
     except Exception as e:
         raise PluginError(f"the {format!r} plugin failed: {type(e).__name__}: {e} (run with --debug for the traceback)") from e
 
@@ -159,7 +166,13 @@ def train_state(path: Path | str, format: str | None = None) -> TrainState | Non
 
 
 def list_checkpoints(run_dir: Path | str, format: str | None = None) -> tuple[str, list[RunEntry]]:
-    """The format that lays out ``run_dir`` and its checkpoints, oldest step first."""
+    """The format that lays out ``run_dir`` and its checkpoints, oldest step first (not
+    what an interrupted prune left of the ones it was deleting)."""
+    name, entries = _run_entries(run_dir, format)
+    return name, rundir.visible(entries)
+
+
+def _run_entries(run_dir: Path | str, format: str | None) -> tuple[str, list[RunEntry]]:
     run_dir = _existing(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: not a directory; run-directory commands take a training run's folder")
@@ -181,9 +194,11 @@ def latest(run_dir: Path | str, format: str | None = None) -> RunEntry:
 
 def prune(run_dir: Path | str, keep: int, format: str | None = None, dry_run: bool = False) -> list[RunEntry]:
     """Delete all but the newest ``keep`` complete checkpoints (never the newest complete,
-    never one tagged best, never an incomplete one); return what was (or would be) deleted."""
-    _, entries = list_checkpoints(run_dir, format)
-    doomed = rundir.to_prune(entries, keep)
+    never one tagged best, never an incomplete one); return what was (or would be) deleted.
+    First finishes what an earlier, interrupted prune left half-deleted."""
+    _, entries = _run_entries(run_dir, format)
+    doomed = rundir.to_prune(rundir.visible(entries), keep)
     if not dry_run:
+        rundir.sweep(Path(run_dir), entries)
         rundir.delete(doomed)
     return doomed

@@ -6,7 +6,13 @@ sibling directory (``.NAME.tmp-XXXX/NAME``: writers that go by the name or suffi
 there. On success every file under it is fsync-ed, it is renamed into place in one step
 (same filesystem), and the parent directory is fsync-ed. On any failure (or Ctrl-C) the
 temporary is removed and the destination is as it was. Replacing an existing directory uses
-``renameat2(RENAME_EXCHANGE)`` so that even then there is no instant without one.
+``renameat2(RENAME_EXCHANGE)`` so that even then there is no instant without one. A full disk
+(or quota) anywhere in this becomes ``DiskFull`` naming the destination.
+
+A writer killed outright (SIGKILL, power loss) cannot clean up: its hidden temporary stays,
+named with the writer's process id, and the next write to the same destination removes it
+once that process is gone. No format reads hidden names, so leftovers are never mistaken
+for checkpoints.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import DestinationExists, NotFound, PluginError
+from .errors import DestinationExists, DiskFull, NotFound, PluginError
 
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # what a full disk or quota raises
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> bool:
@@ -90,15 +97,20 @@ def atomic_output(dst: Path | str, overwrite: bool = False) -> Iterator[Path]:
     check_destination(dst, overwrite)
     _remove_stale(dst)
     holder = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    holder.mkdir()
     tmp = holder / dst.name
     try:
+        holder.mkdir()
         yield tmp
         if not (tmp.exists() or tmp.is_symlink()):
             raise PluginError(f"{dst}: the writer produced nothing")
         fsync_tree(tmp)
         _move_into_place(tmp, dst, overwrite)
         _fsync(dst.parent)
+    except OSError as e:
+        if e.errno in NO_SPACE:
+            what = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+            raise DiskFull(f"{what} writing {dst}; nothing was written (free some space and retry)") from e
+        raise
     finally:
         remove(holder)
 

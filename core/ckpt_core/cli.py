@@ -65,6 +65,7 @@ exit codes:
   8    destination exists: pass --overwrite to replace it
   9    plugin error: a plugin failed unexpectedly (a bug in the plugin)
   10   internal error: a bug in ckpt-core (run with --debug and report the traceback)
+  11   disk full: no space left on the destination's device; nothing was written
   130  interrupted"""
 
 DETECT_EPILOG = """\

@@ -78,6 +78,14 @@ class PluginError(CkptError):
     kind = "plugin-error"
 
 
+class DiskFull(CkptError):
+    """The destination's filesystem ran out of space (or quota) while writing; nothing was left
+    behind: the destination is as it was."""
+
+    exit_code = 11
+    kind = "disk-full"
+
+
 class CkptWarning(UserWarning):
     """Something a user should know that is not an error: raised with ``warnings.warn``.
 

@@ -163,6 +163,10 @@ class Checkpoint:
 
     def validate(self) -> None:
         """Raise CorruptInput if the graph's edges do not fit its tensors."""
+        for field, value in (("arch.params", self.arch.params), ("tensors", self.tensors), ("ties", self.ties),
+                             ("kv_sharing", self.kv_sharing), ("adapters", self.adapters), ("extra", self.extra)):
+            if not isinstance(value, dict):
+                raise CorruptInput(f"{field} must be a mapping, not {type(value).__name__}")
         for alias, target in self.ties.items():
             if alias in self.tensors:
                 raise CorruptInput(f"tied name {alias!r} is also stored as a tensor")

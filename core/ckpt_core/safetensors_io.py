@@ -169,7 +169,12 @@ def plain_file(directory: Path, name, named_by: Path) -> Path:
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise UnsafeInput(f"{named_by}: file name {name!r} is not a plain file name in the same directory")
     path = directory / name
-    if path.is_symlink() and not _link_allowed(directory.resolve(), path.resolve()):
+    if path.is_symlink():
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+            raise NotFound(f"{named_by}: file {name!r} is a link that leads nowhere (a loop)") from None
+    if path.is_symlink() and not _link_allowed(directory.resolve(), target):
         raise UnsafeInput(f"{named_by}: file {name!r} is a link out of {directory}")
     if not path.is_file():
         raise NotFound(f"{named_by}: file {name!r} is missing")

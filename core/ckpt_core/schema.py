@@ -10,6 +10,7 @@ checkpoint against its family.
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 import re
 from collections.abc import Iterable, Mapping
@@ -40,10 +41,15 @@ class TensorRule:
 
     @property
     def regex(self) -> re.Pattern:
-        text = re.escape(self.pattern).replace(re.escape("{i}"), r"(\d+)")
-        for index in OTHER_INDEXES:
-            text = text.replace(re.escape(index), r"\d+")
-        return re.compile(text + r"\Z")
+        return _regex(self.pattern)
+
+
+@functools.cache  # recognising a family matches every name against every rule: build each once
+def _regex(pattern: str) -> re.Pattern:
+    text = re.escape(pattern).replace(re.escape("{i}"), r"(\d+)")
+    for index in OTHER_INDEXES:
+        text = text.replace(re.escape(index), r"\d+")
+    return re.compile(text + r"\Z")
 
 
 @attrs.frozen
@@ -99,13 +105,17 @@ class FamilySchema:
             if expected is not None and tuple(shape) != expected:
                 found.append(f"{name}: shape {list(shape)}, {self.name} expects {list(expected)}")
         n_layer = params.get("n_layer", 0)
+        if not isinstance(n_layer, int):
+            found.append(f"hyper-parameter n_layer is {n_layer!r}, not a number of layers")
+            n_layer = 0
         for rule in self.tensors:
             if not rule.required:
                 continue
             if "{i}" in rule.pattern:
-                missing = [i for i in range(n_layer) if i not in seen.get(rule, set())]
-                if missing:
-                    found.append(f"{rule.pattern.replace('{i}', str(missing[0]))}: missing")
+                layers = seen.get(rule, set())
+                missing = next((i for i in range(n_layer) if i not in layers), None)  # never lists 2**64 layers
+                if missing is not None:
+                    found.append(f"{rule.pattern.replace('{i}', str(missing))}: missing")
             elif rule not in seen:
                 found.append(f"{rule.pattern}: missing")
         found += [f"hyper-parameter {p!r} missing" for p in self.required_params if p not in params]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +65,14 @@ def from_torch(t) -> Tensor:
     return Tensor.from_loader(dtype_name(t.dtype), tuple(t.shape), load)
 
 
+def is_zip(path: Path | str) -> bool:
+    """``zipfile.is_zipfile``, but False (not BadZipFile) for a damaged ZIP64 end record."""
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:
+        return False
+
+
 VERIFY_OPTION = {"verify": "true: check every record of the torch archive against its CRC-32 while reading (reads all data)"}
 
 
@@ -77,7 +86,7 @@ def check_archive(path: Path | str) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:  # an unknown zip version
         raise CorruptInput(f"{path}: not a readable torch zip archive ({e})") from None
     if bad is not None:
         raise CorruptInput(f"{path}: record {bad} does not match its CRC-32: the file is damaged")
@@ -127,7 +136,7 @@ def _mark_file_ranges(loaded: Any, path: Path) -> None:
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     try:
         records = _stored_records(path)
-    except (OSError, zipfile.BadZipFile):
+    except (OSError, zipfile.BadZipFile, NotImplementedError):
         return
     lowest = min(storages)
     for first in sorted(records):
@@ -191,10 +200,13 @@ def unsafe_globals(path: Path) -> list[str]:
     """Globals a pickle names that ``weights_only`` loading does not allow (reads, never runs)."""
     from torch.serialization import get_unsafe_globals_in_checkpoint
 
+    from .torch_pickle import python3_name
+
     try:
-        return sorted(get_unsafe_globals_in_checkpoint(str(path)))
+        found = get_unsafe_globals_in_checkpoint(str(path))
     except Exception:
         return []
+    return sorted({".".join(python3_name(*name.rsplit(".", 1))) for name in found if "." in name})
 
 
 def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[Any] = ()) -> Any:
@@ -208,12 +220,16 @@ def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[A
     """
     import torch
 
+    from . import torch_pickle
+
     path = Path(path)
     if not path.is_file():
         raise NotFound(f"{path}: no such file")
-    use_mmap = mmap and zipfile.is_zipfile(path)  # torch's legacy (non-zip) files cannot be mmap-ed
+    use_mmap = mmap and is_zip(path)  # torch's legacy (non-zip) files cannot be mmap-ed
     try:
-        with torch.serialization.safe_globals(list(allowed_globals)):
+        with torch.serialization.safe_globals(list(allowed_globals)), warnings.catch_warnings():
+            # torch warns before it refuses a protocol-4 pickle: the refusal below says it in one line
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
         if use_mmap:
             _mark_file_ranges(loaded, path)
@@ -223,11 +239,12 @@ def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[A
             allowed = {_global_name(g) for g in allowed_globals}
             built = re.findall(r"but got <class '([\w.]+)'>", str(e))  # a type to build, which the scan misses
             named = re.findall(r"unsupported GLOBAL ([\w.]+)", str(e))  # what a legacy (non-zip) pickle needs
-            names = [n for n in unsafe_globals(path) if n not in allowed] or built or named
+            names = [n for n in unsafe_globals(path) if n not in allowed] or built or named or \
+                [n for n in torch_pickle.named_globals(path) if n not in allowed and not torch_pickle.is_plain(n)]
             if not names:  # not a global it refused: the bytes are not a pickle torch wrote
                 raise CorruptInput(f"{path}: not a readable torch pickle ({_torch_reason(e)})") from e
             raise UnsafeInput(f"{path}: loading it would run code from the file (it needs {', '.join(names)}); refused") from e
         raise CorruptInput(f"{path}: not a readable torch pickle ({e})") from e
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+    except Exception as e:  # weights-only: nothing ran, so any other failure (TypeError, IndexError...) is damage
         first = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
         raise CorruptInput(f"{path}: not a readable torch checkpoint ({first})") from e

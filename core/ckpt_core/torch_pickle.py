@@ -14,11 +14,13 @@ because no library reads torch's format without torch; it allows less than
 
 from __future__ import annotations
 
+import _compat_pickle
 import codecs
 import collections
 import io
 import math
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections.abc import Sequence
@@ -31,7 +33,7 @@ import numpy as np
 from . import dtypes
 from .errors import CorruptInput
 from .tensor import Tensor
-from .torch_io import TORCH_DTYPES, load_pickle, tree_from_torch
+from .torch_io import TORCH_DTYPES, is_zip, load_pickle, tree_from_torch
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds structure, not weights
 
@@ -91,10 +93,18 @@ def _encode(text, encoding):
 
 
 def _rebuild_tensor(storage, offset, shape, stride, *rest):
+    shape, stride = tuple(shape), tuple(stride)
+    if not (isinstance(storage, StorageStub) and _naturals((offset, *shape, *stride)) and len(stride) == len(shape)):
+        raise pickle.UnpicklingError(f"not a tensor: storage {storage!r}, offset {offset!r}, shape {shape}, stride {stride}")
     dtype = storage.dtype
     if rest and isinstance(rest[-1], _DType):  # _rebuild_tensor_v3 names the dtype
         dtype = rest[-1].name
-    return TensorStub(storage, int(offset), tuple(shape), tuple(stride), dtype)
+    return TensorStub(storage, offset, shape, stride, dtype)
+
+
+def _naturals(values) -> bool:
+    """Whether every value is a non-negative int (what shapes, strides and offsets are)."""
+    return all(type(v) is int and v >= 0 for v in values)
 
 
 @attrs.frozen
@@ -127,13 +137,30 @@ _SAFE = {
 }
 
 
+def python3_name(module: str, name: str) -> tuple[str, str]:
+    """What Python 3 imports for a global a protocol-2 pickle names the Python 2 way
+    (``__builtin__.set``, ``commands.Popen``: ``fix_imports``, which this unpickler's own
+    ``find_class`` bypasses). No Python 2 module name is a Python 3 module, so the mapping
+    never changes a Python 3 name."""
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def is_plain(qualname: str) -> bool:
+    """Whether the scanner reads the global ``module.name`` as data (a container, a tensor
+    rebuild, a storage type or dtype) rather than leaving it an inert Record."""
+    module, _, name = qualname.rpartition(".")
+    return (module, name) in _SAFE or (module in ("torch", "torch.storage") and name in _STORAGES) or \
+        (module == "torch" and name in _TORCH_DTYPES)
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data))
         self.records: dict[str, type] = {}
 
     def find_class(self, module, name):
-        module = "builtins" if module == "__builtin__" else module  # protocol 2 spells it the Python 2 way
+        module, name = python3_name(module, name)
         if (module, name) in _SAFE:
             return _SAFE[module, name]
         if module in ("torch", "torch.storage") and name in _STORAGES:
@@ -149,7 +176,7 @@ class _Unpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
         _, dtype, key, _location, numel = pid
-        if not isinstance(dtype, str):
+        if dtype not in dtypes.DTYPES:
             raise pickle.UnpicklingError(f"unknown storage type {dtype!r}")
         return StorageStub(str(key), dtype, int(numel))
 
@@ -181,7 +208,7 @@ def scan(path: Path) -> Scan:
             if zf.getinfo(member).file_size > MAX_PICKLE_BYTES:
                 raise CorruptInput(f"{path}: data.pkl is {zf.getinfo(member).file_size} bytes, too large to be a checkpoint's structure")
             data = zf.read(member)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:  # an unknown zip version
         raise CorruptInput(f"{path}: not a readable torch zip pickle ({e})") from None
     unpickler = _Unpickler(data)
     try:
@@ -189,6 +216,47 @@ def scan(path: Path) -> Scan:
     except Exception as e:  # any malformed pickle: the file is damaged, nothing ran
         raise CorruptInput(f"{path}: damaged pickle in data.pkl ({type(e).__name__}: {e})") from None
     return Scan(obj, tuple(sorted(unpickler.records)), member.rsplit("/", 1)[0])
+
+
+def named_globals(path: Path) -> list[str]:
+    """Every global the pickles of a torch file name (``module.name``, as Python 3 would
+    import it), in order: read off the opcodes, nothing is unpickled. Reads ``data.pkl`` of
+    a zip, else the leading pickles of the file (a legacy torch file's magic number,
+    protocol, system info and data; a bare pickle). Damage ends the listing, not the call."""
+    try:
+        if is_zip(path):
+            with zipfile.ZipFile(path) as zf:
+                data = zf.read(pickle_member(zf))
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_PICKLE_BYTES)
+    except (CorruptInput, zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return []
+    names: dict[str, None] = {}
+    stream = io.BytesIO(data)
+    for _ in range(4):  # a legacy file's four pickles (its storage bytes follow them)
+        pushed: list[str | None] = []  # what the last ops pushed: STACK_GLOBAL takes two strings
+        memo: dict[int, str | None] = {}
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    module, _, name = arg.partition(" ")
+                    names[".".join(python3_name(module, name))] = None
+                elif op.name == "STACK_GLOBAL":
+                    if len(pushed) >= 2 and isinstance(pushed[-2], str) and isinstance(pushed[-1], str):
+                        names[".".join(python3_name(pushed[-2], pushed[-1]))] = None
+                    pushed.append(None)
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                    memo[len(memo) if op.name == "MEMOIZE" else arg] = pushed[-1] if pushed else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(arg))
+                elif op.name not in ("PROTO", "FRAME"):
+                    pushed.append(arg if isinstance(arg, str) and "UNICODE" in op.name else None)
+        except ValueError:  # damaged, or not a pickle: what was named so far is known
+            break
+        if stream.tell() >= len(data):
+            break
+    return list(names)
 
 
 def load(path: Path | str, allowed_globals: Sequence[Any] = ()) -> Any:
@@ -200,7 +268,7 @@ def load(path: Path | str, allowed_globals: Sequence[Any] = ()) -> Any:
     tensors as ``Tensor``s.
     """
     path = Path(path)
-    if path.is_file() and zipfile.is_zipfile(path):
+    if path.is_file() and is_zip(path):
         try:
             found = scan(path)
         except CorruptInput:

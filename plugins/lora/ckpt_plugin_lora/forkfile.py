@@ -250,6 +250,23 @@ def _fork_name(name: str, lora_modules: dict[str, str]) -> str:
     return name
 
 
+def _warn_if_activation_differs(ck: Checkpoint) -> None:
+    """Warn when ``ck`` comes from an HF GPT-2 (a peft base) whose activation is not the
+    fork's exact GELU: HF's default ``gelu_new`` is the tanh approximation, so the same
+    weights give slightly different outputs in the fork's model."""
+    layout = ck.layout
+    if layout.format == "peft":
+        layout_facts = layout.facts.get("base_layout", {})
+        config = layout_facts.get("facts", {}).get("config") if layout_facts.get("format") == "hf-gpt2" else None
+    else:
+        config = layout.facts.get("config") if layout.format == "hf-gpt2" else None
+    activation = (config or {}).get("activation_function", "gelu")
+    if activation != "gelu":
+        warnings.warn(f"the HF GPT-2 base computes activation_function={activation!r}, the fork's model exact GELU: "
+                      "the weights are copied exactly, but the fork's outputs differ slightly from transformers'",
+                      CkptWarning, stacklevel=4)
+
+
 def write(ck: Checkpoint, path: Path) -> None:
     """Write ``ck`` as the fork's ``ckpt.pt`` at ``path``."""
 
@@ -271,6 +288,7 @@ def write(ck: Checkpoint, path: Path) -> None:
     if not merged_variant and "lm_head.weight" in ck.tensors and "transformer.wte.weight" in ck.adapters and not lora_only:
         warnings.warn("lm_head.weight is stored apart from transformer.wte.weight, but the fork's LoRA model ties the head "
                       "to the embedding's main weight: loading this file there keeps only one of them", CkptWarning, stacklevel=3)
+    _warn_if_activation_differs(ck)
     model_args, ext = _model_args(ck, facts, lora_only, merged_variant)
     for base, ad in ck.adapters.items():
         expected = {"alpha": float(model_args["lora_alpha"]), "scaling": "alpha/rank",

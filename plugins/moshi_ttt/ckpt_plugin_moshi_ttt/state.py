@@ -79,6 +79,11 @@ def check_holdable(ts: TrainState) -> None:
     lost += [f"extra[{k!r}]" for k in ts.extra if k != "optimizer_state_step"]
     if ts.optimizer is not None and not ts.optimizer.resumable:
         lost.append("a non-resumable optimizer state")
+    if ts.optimizer is not None:
+        opt = ts.optimizer
+        named = [n for n in [*opt.param_state, *(p for g in opt.groups for p in g.get("params", []))] if not str(n).isdigit()]
+        if named:  # optimizer_state.pt numbers parameters by position: the names would be lost
+            lost.append(f"the optimizer state's parameter names ({named[0]!r}{', ...' if len(named) > 1 else ''})")
     if lost:
         raise LossyConversion(f"a moshi checkpoint keeps step, optimizer state and run config only; it would lose {', '.join(lost)} "
                               "(convert to canonical instead, or --option init_state=true for weights only). Nothing was written.")

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import Checkpoint, LossyConversion, Tensor, UsageError
-from ckpt_core import safetensors_io
+from ckpt_core import Checkpoint, LossyConversion, Tensor, UsageError, safetensors_io
+from ckpt_core.tensor import same_bytes
 
 from . import keys, layout, reader, state, ttt
 
@@ -50,7 +50,8 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
     init_state = _flag(options, "init_state")
     default_layout = ("consolidated" if path.name == layout.CONSOLIDATED or init_state else
                       "checkpoint" if layout.STEP.match(path.name) else
-                      ck.layout.variant if ck.layout.format == reader.NAME else "run")
+                      ck.layout.variant if ck.layout.format == reader.NAME else
+                      "run" if ck.train_state is not None else "consolidated")  # no state: no step to invent
     where = _choice(options, "layout", LAYOUTS, default_layout)
     weights = _choice(options, "weights", ("full", "lora"), "lora" if unattached_lora(ck) else "full")
     naming = _choice(options, "naming", ("current", "legacy"), "current")
@@ -88,6 +89,16 @@ def _check_ties(ck: Checkpoint) -> None:
     if foreign:
         raise LossyConversion(f"moshi checkpoints tie only a TTT layer's two names of one tensor; cannot keep the tie "
                               f"{foreign[0]}" + (f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else "")
+                              + ". Convert to canonical instead. Nothing was written.")
+    # Reading makes a TTT layer's second name a tie to its original without reading data, so
+    # a second name stored apart with other bytes (not a merge of the same adapter into both)
+    # would come back as the original.
+    names = set(ck.names())
+    apart = [n for n in ck.tensors if (m := keys.ALIAS.match(n)) and m.group(1) + m.group(2) in names
+             and not same_bytes(ck.tensors[n], ck.tensor(m.group(1) + m.group(2)))]
+    if apart:
+        raise LossyConversion(f"moshi saves a TTT layer's {apart[0]} as the same tensor as its original; this checkpoint "
+                              "stores it apart with other contents" + (f" (and {len(apart) - 1} more)" if len(apart) > 1 else "")
                               + ". Convert to canonical instead. Nothing was written.")
 
 

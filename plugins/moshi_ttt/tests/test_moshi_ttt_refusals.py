@@ -28,6 +28,17 @@ def test_a_tie_moshi_has_no_place_for_is_refused(full, tmp_path):
     _refused(ck, tmp_path / "out", LossyConversion, "text_linear.weight -> emb.0.weight")
 
 
+def test_a_ttt_second_name_stored_apart_is_refused(full, tmp_path):
+    """Reading ties a TTT layer's ``ttt.original_layer.X`` to ``X`` without reading data, so
+    one stored apart with other bytes has no place: refused, not lost."""
+    alias, target = next(iter(full.ties.items()))
+    t = full.tensors[target]
+    other = Tensor.from_bytes(bytes(b ^ 1 for b in t.tobytes()), t.dtype, t.shape)
+    ties = {a: x for a, x in full.ties.items() if a != alias}
+    _refused(full.evolve(tensors={**full.tensors, alias: other}, ties=ties), tmp_path / "out", LossyConversion,
+             "stores it apart with other contents")
+
+
 def test_adapters_moshi_cannot_express_are_refused(full, tmp_path):
     def adapter(rank, alpha, kind="linear"):
         return Adapter(Tensor.from_bytes(bytes(2 * rank * 64), "BF16", (rank, 64)),
@@ -49,6 +60,16 @@ def test_training_state_moshi_cannot_keep_is_refused(full, tmp_path):
     _refused(full.evolve(train_state=TrainState(step=300)), tmp_path / "checkpoint_000200", UsageError, "names step 200")
     ckpt_core.save(full, tmp_path / "weights", "moshi", {"init_state": "true"})  # asked: weights only
     assert ckpt_core.train_state(tmp_path / "weights") is None
+
+
+def test_optimizer_state_keyed_by_names_is_refused(full, tmp_path):
+    """optimizer_state.pt numbers parameters by position; state keyed by parameter names
+    (as nanoGPT's or canonical's) would come back under "0", "1", ...: refused."""
+    opt = full.train_state.optimizer
+    first = next(iter(opt.param_state))
+    named = attrs.evolve(opt, param_state={"text_linear.weight" if n == first else n: s for n, s in opt.param_state.items()})
+    _refused(full.evolve(train_state=attrs.evolve(full.train_state, optimizer=named)), tmp_path / "out",
+             LossyConversion, "parameter names \\('text_linear.weight'")
 
 
 def test_unknown_option_values_are_usage_errors(full, tmp_path):

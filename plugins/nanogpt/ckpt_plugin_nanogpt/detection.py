@@ -7,12 +7,12 @@ the scanned structure gives the dict's keys and the tensors' names and shapes.
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path
 
-from ckpt_core.errors import CorruptInput
 from ckpt_core import torch_pickle
+from ckpt_core.errors import CorruptInput
 from ckpt_core.model import Detection
+from ckpt_core.torch_io import is_zip
 
 from .kinds import LORA_KEY, Unsupported, is_lora, kind_of, strip_prefix
 
@@ -28,7 +28,7 @@ TORCH_SUFFIXES = (".pt", ".pth")
 def detect(path: Path) -> Detection | None:
     if not path.is_file():
         return None
-    if not zipfile.is_zipfile(path):
+    if not is_zip(path):
         return _fallback(path, "not a torch zip archive: a legacy torch pickle, or a damaged file")
     try:
         scan = torch_pickle.scan(path)
@@ -40,6 +40,8 @@ def detect(path: Path) -> Detection | None:
         return _fallback(path, f"a torch pickle that {needs}")
     top, model = (obj, obj["model"]) if isinstance(obj.get("model"), dict) else ({}, obj)
     stubs = {k: v.shape for k, v in model.items() if isinstance(k, str) and isinstance(v, torch_pickle.TensorStub)}
+    if scan.records and len(stubs) != len(model):  # claimed, so that loading names what the model needs
+        return _fallback(path, f"a torch pickle whose model needs {', '.join(scan.records)} to load")
     if not stubs or len(stubs) != len(model) or is_lora(top) or any(re.fullmatch(LORA_KEY, k) for k in stubs):
         return None
     prefix, keys = strip_prefix(stubs)

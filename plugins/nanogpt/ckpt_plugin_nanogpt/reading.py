@@ -38,7 +38,10 @@ def load(path: Path, fmt: str, model_only: bool) -> Any:
     except UnsafeInput as e:
         if fmt == "nanogpt":
             raise
-        scan = torch_pickle.scan(path)
+        try:
+            scan = torch_pickle.scan(path)
+        except CorruptInput:  # not a zip (a legacy torch file): no model part to read alone
+            raise e from None
         if not model_only:
             raise UnsafeInput(f"{e} (its model part alone is safe to read: pass --option model_only=true, "
                               "which drops the optimizer state)") from None
@@ -52,7 +55,8 @@ def _inert_model_part(path: Path, scan: torch_pickle.Scan) -> dict:
     model, seen = {}, {}
     for key, stub in top["model"].items():
         if not isinstance(stub, torch_pickle.TensorStub):
-            raise UnsafeInput(f"{path}: model entry {key!r} is not a tensor; refused")
+            needs = f" (it needs {stub.qualname})" if isinstance(stub, torch_pickle.Record) else ""
+            raise UnsafeInput(f"{path}: model entry {key!r} is not a tensor{needs}; refused")
         if stub not in seen:  # keys over the same bytes are a tie, as torch.load shares them
             seen[stub] = torch_pickle.stub_tensor(path, scan.archive, stub)
         model[key] = seen[stub]

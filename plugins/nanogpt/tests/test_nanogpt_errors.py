@@ -107,3 +107,28 @@ def test_verify_finds_a_flipped_bit_that_mmap_reading_copies_along(upstream, tmp
     assert code == 5 and f"record {record.filename} does not match its CRC-32" in _one_line(err)
     code, _, err = run(capsys, "convert", path, tmp_path / "out", "--to", "canonical", "--option", "verify=true")
     assert code == 5 and not (tmp_path / "out").exists()
+
+
+def test_code_in_place_of_a_model_tensor_is_claimed_and_refused_naming_it(upstream, tmp_path, capsys):
+    """A model entry that needs code (a hostile pickle hides a payload among the weights):
+    detection still claims the file, so ``inspect`` without ``--format`` says what it needs
+    instead of "no installed format recognises it"; ``model_only`` names it too; a legacy
+    (non-zip) modded file is refused naming it, not as a file that is not a zip."""
+    marker = tmp_path / "ran"
+    for key, src in (("nanogpt", upstream["nanogpt"]), ("modded", upstream["modded"])):
+        ckpt = load(src)
+        first = next(iter(ckpt["model"]))
+        ckpt["model"][first] = ref.ScriptOptimizerState(str(marker), {})
+        path = tmp_path / key / src.name
+        path.parent.mkdir()
+        torch.save(ckpt, path)
+        code, _, err = run(capsys, "inspect", path)
+        assert code == 6 and "nanogpt_reference.ScriptOptimizerState" in _one_line(err), err
+    code, _, err = run(capsys, "inspect", path, "--format", "modded-nanogpt", "-o", "model_only=true")
+    assert code == 6 and "nanogpt_reference.ScriptOptimizerState" in _one_line(err), err
+    legacy = tmp_path / "legacy" / upstream["modded"].name
+    legacy.parent.mkdir()
+    torch.save(ckpt, legacy, _use_new_zipfile_serialization=False)
+    code, _, err = run(capsys, "inspect", legacy, "--format", "modded-nanogpt")
+    assert code == 6 and "nanogpt_reference.ScriptOptimizerState" in _one_line(err), err
+    assert not marker.exists()

@@ -13,16 +13,15 @@ directories; the latest is the largest complete one.
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ckpt_core import Arch, Checkpoint, CkptError, CorruptInput, Detection, NotFound, OptimizerState, RunEntry, \
-    TrainState, UnsafeInput
+from ckpt_core import (Arch, Checkpoint, CkptError, CorruptInput, Detection, NotFound, OptimizerState, RunEntry,
+                       TrainState, UnsafeInput)
 from ckpt_core.model import Layout
 from ckpt_core.safetensors_io import read_header, read_index
-from ckpt_core.torch_io import from_torch, load_pickle, tree_from_torch
+from ckpt_core.torch_io import from_torch, is_zip, load_pickle, tree_from_torch
 
 from . import hfdir, swiftkv
 from .config import EMBED, LM_HEAD, TIE, ordered
@@ -212,7 +211,7 @@ def _hf_complete(folder: Path) -> tuple[bool, str]:
         for f in files:
             if kind == "safetensors":
                 read_header(f)
-            elif not zipfile.is_zipfile(f):
+            elif not is_zip(f):
                 return False, f"{f.name} is not a whole torch file"
     except CkptError as e:
         return False, str(e)
@@ -223,6 +222,6 @@ def _tag_complete(folder: Path) -> tuple[bool, str]:
     states = model_states(folder)
     if states is None:
         return False, f"no {MODEL_STATES}"
-    if not zipfile.is_zipfile(states):
+    if not is_zip(states):
         return False, f"{states.name} is not a whole torch file (interrupted save?)"
     return True, ""

@@ -6,45 +6,14 @@ from __future__ import annotations
 
 import json
 import random
-import warnings
 
 import torch
-from hypothesis import assume
-from hypothesis import strategies as st
 from swiftkv_reference import deepspeed_dir, make_model, model_states, save_bin, save_teacher, student_b
 
 from ckpt_core import CorruptInput, NotFound, UnsafeInput
 from ckpt_core.plugins import registry
-from ckpt_core.testing import FormatConformance, checkpoints_for
-from ckpt_plugin_swiftkv.config import ordered
-from ckpt_plugin_swiftkv.families import TEACHERS
-from ckpt_plugin_swiftkv.swiftkv import AVERAGED, Plan, init_student
-
-
-def teachers(fmt: str):
-    spec = registry().spec(fmt)
-    drawn = st.one_of([checkpoints_for(spec, schema, kv_sharing=False, trainable=False) for schema in TEACHERS.values()])
-    return drawn.map(lambda ck: ck.evolve(arch=ck.arch.__class__(ck.arch.family, ordered(ck.arch.params))))
-
-
-@st.composite
-def students(draw):
-    ck = draw(teachers("swiftkv"))
-    n_layer = ck.arch.params["n_layer"]
-    assume(n_layer >= 2)
-    if draw(st.booleans()):
-        nkv = draw(st.integers(1, n_layer - 1))
-        averagable = all(t.dtype in AVERAGED for n, t in ck.tensors.items() if "_proj." in n or "k_norm" in n)
-        sizes = [g for g in range(1, n_layer - nkv + 1) if (n_layer - nkv) % g == 0 and (g == 1 or averagable)]
-        plan = Plan("A", n_layer, nkv, draw(st.sampled_from(sizes)))
-    else:
-        consumers = draw(st.lists(st.integers(1, n_layer - 1), min_size=1, unique=True))
-        kv_map = {c: draw(st.integers(0, c - 1)) for c in consumers}
-        plan = Plan("B", n_layer, kv_map=kv_map, mlp=draw(st.booleans()), layernorm=draw(st.booleans()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        student = init_student(ck, plan)
-    return student.evolve(arch=student.arch.__class__(student.arch.family, ordered(student.arch.params)))
+from ckpt_core.testing import FormatConformance
+from ckpt_plugin_swiftkv.testing import students, teachers
 
 
 # -- bad inputs ---------------------------------------------------------------------------
@@ -128,7 +97,7 @@ class TestHfConformance(FormatConformance):
                             max_shard_size="20KB")
 
     def checkpoint_strategy(self):
-        return teachers("hf")
+        return teachers(registry().spec("hf"))
 
 
 class TestSwiftkvConformance(FormatConformance):
@@ -144,4 +113,4 @@ class TestSwiftkvConformance(FormatConformance):
         return _student(tmp_path)
 
     def checkpoint_strategy(self):
-        return students()
+        return students(registry().spec("swiftkv"))
