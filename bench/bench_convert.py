@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Speed and memory of ckpt-core conversions against `cp` and the naive load-everything path.
+"""Speed and memory of ckpt-core's safetensors <-> canonical copy against `cp` and the naive
+load-everything path, at one size, through the Python API (bench_formats.py covers the other
+formats and the CLI).
 
 Run by hand, never by CI (pytest does not collect it: bench/ is outside testpaths):
 
@@ -8,9 +10,10 @@ Run by hand, never by CI (pytest does not collect it: bench/ is outside testpath
     python bench/bench_convert.py --size 4GB --dir /scratch
 
 It writes a safetensors checkpoint of about ``--size`` bytes with the shapes of a GPT with
-4096-wide layers in BF16 (embedding [50304, 4096]; per layer ln_1, c_attn [12288, 4096],
-c_proj [4096, 4096], ln_2, c_fc [16384, 4096], mlp.c_proj [4096, 16384]; as many layers
-as fit; the width halves until an embedding and one layer fit a small --size), then times
+4096-wide layers in BF16 (benchlib.gpt_shapes: embedding [50304, 4096]; per layer ln_1,
+c_attn [12288, 4096], c_proj [4096, 4096], ln_2, c_fc [16384, 4096], mlp.c_proj [4096, 16384];
+as many layers as fit; the width halves until an embedding and one layer fit a small --size),
+then times
 each case in its own subprocess (wall clock from the parent, peak RSS from wait4's rusage):
 
   cp             cp SRC DST
@@ -26,7 +29,8 @@ each case in its own subprocess (wall clock from the parent, peak RSS from wait4
 Nothing is dropped from the page cache (that needs root and would measure the disk, not
 the code): the source is read once before the runs, so every case starts with it cached;
 `sync` runs before each case so that no earlier case's dirty pages are flushed inside
-another's time. Targets: wall <= 1.25 x cp+sync, peak RSS <= 1.2 x largest tensor + 150 MB.
+another's time. Python modules load from cached bytecode (kept in the temp dir), as they do
+when installed. Targets: wall <= 1.25 x cp+sync, peak RSS <= 1.2 x largest tensor + 150 MB.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,108 +47,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import benchlib as bl
 import numpy as np
+from benchlib import MB, remove, run
 
-MB = 1_000_000
-VOCAB = 50304
-BLOCK = 1024
 WALL_FACTOR = 1.25
 RSS_FACTOR = 1.2
 RSS_SLACK = 150 * MB
-
-
-def parse_size(text: str) -> int:
-    from ckpt_core.safetensors_io import parse_size as parse
-
-    return parse(text)
-
-
-# -- the checkpoint -------------------------------------------------------------------------------
-
-
-def gpt_shapes(size: int) -> tuple[int, dict[str, tuple[int, ...]]]:
-    """Tensor shapes of a nanoGPT-style model of about ``size`` BF16 bytes (and its width)."""
-    d = 4096
-    while d > 64 and 2 * (VOCAB * d + 12 * d * d) > size:
-        d //= 2
-
-    def layer(i: int) -> dict[str, tuple[int, ...]]:
-        h = f"transformer.h.{i}."
-        return {h + "ln_1.weight": (d,), h + "ln_1.bias": (d,),
-                h + "attn.c_attn.weight": (3 * d, d), h + "attn.c_proj.weight": (d, d),
-                h + "ln_2.weight": (d,), h + "ln_2.bias": (d,),
-                h + "mlp.c_fc.weight": (4 * d, d), h + "mlp.c_proj.weight": (d, 4 * d)}
-
-    shapes = {"transformer.wte.weight": (VOCAB, d), "transformer.wpe.weight": (BLOCK, d)}
-    tail = {"transformer.ln_f.weight": (d,), "transformer.ln_f.bias": (d,)}
-
-    def nbytes(s):
-        return 2 * sum(int(np.prod(v)) for v in s.values())
-
-    i = 0
-    while True:
-        bigger = {**shapes, **layer(i)}
-        if i > 0 and nbytes({**bigger, **tail}) > size:
-            break
-        shapes = bigger
-        i += 1
-        if nbytes({**shapes, **tail}) > size:
-            break
-    return d, {**shapes, **tail}
-
-
-def write_source(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    """The checkpoint, written tensor by tensor (never more than one tensor in memory)."""
-    from ckpt_core import safetensors_io
-    from ckpt_core.dtypes import from_float32
-    from ckpt_core.tensor import Tensor
-
-    rng = np.random.default_rng(0)
-    pool = from_float32((rng.standard_normal(1 << 23) * 0.02).astype(np.float32), "BF16")  # 16 MB of BF16
-
-    def loader(n: int, seed: int):
-        def load():
-            out = np.empty(n, np.uint16)
-            start = seed % len(pool)
-            for at in range(0, n, len(pool)):
-                piece = np.roll(pool, -start)[: n - at] if at == 0 else pool[: n - at]
-                out[at:at + len(piece)] = piece
-            return out
-        return load
-
-    tensors = {name: Tensor.from_loader("BF16", shape, loader(int(np.prod(shape)), i * 7919))
-               for i, (name, shape) in enumerate(shapes.items())}
-    safetensors_io.write_file(path, tensors, {"format": "pt"})
-
-
-# -- measuring --------------------------------------------------------------------------------------
-
-
-# A process's peak RSS (ru_maxrss) starts from the high-water mark of the process that
-# forked it (exec records the old address space's peak), so cases are started by this
-# small launcher, not by the benchmark itself (which holds numpy and a tensor's worth of
-# memory): what a case reports is its own peak (or the launcher's ~10 MB, for `cp`).
-LAUNCHER = textwrap.dedent("""
-    import json, os, subprocess, sys, time
-    argv = json.loads(sys.argv[1])
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    print(json.dumps({"wall": wall, "maxrss_kib": usage.ru_maxrss, "code": code}))
-""")
-
-
-def run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS bytes of one subprocess (its own and its children's)."""
-    os.sync()  # earlier cases' dirty pages are flushed outside this measurement
-    done = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, json.dumps(argv)], env=env,
-                          capture_output=True, text=True)
-    result = json.loads(done.stdout) if done.returncode == 0 and done.stdout.strip() else {"code": done.returncode}
-    if result["code"] != 0:
-        raise SystemExit(f"failed ({result['code']}): {' '.join(argv)}\n{done.stderr}")
-    return result["wall"], result["maxrss_kib"] * 1024  # Linux reports KiB
 
 
 CONVERT = "import sys, ckpt_core; ckpt_core.convert(sys.argv[1], sys.argv[2], to=sys.argv[3])"
@@ -187,33 +95,6 @@ NAIVE = textwrap.dedent("""
 """)
 
 
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-def fs_type(path: Path) -> str:
-    """The filesystem type under ``path`` (from /proc/mounts; longest mount point wins)."""
-    best, kind = "", "?"
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            _, mount, fstype, *_ = line.split()
-            if (str(path) + "/").startswith(mount.rstrip("/") + "/") and len(mount) >= len(best):
-                best, kind = mount, fstype
-    except OSError:
-        pass
-    return kind
-
-
-def default_dir() -> Path:
-    work = Path("/work")
-    if work.is_dir() and os.access(work, os.W_OK):
-        return work
-    return Path.cwd()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -227,13 +108,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = ap.parse_args()
 
-    size = parse_size(args.size)
-    parent = (args.dir or default_dir()).resolve()
-    kind = fs_type(parent)
-    if kind in ("tmpfs", "ramfs"):
-        raise SystemExit(f"{parent} is a {kind}: its files live in RAM, which distorts both time and memory. Use --dir.")
+    size = bl.parse_size(args.size)
+    parent = bl.work_parent(args.dir)
+    kind = bl.fs_type(parent)
     work = Path(tempfile.mkdtemp(prefix="ckpt-bench-", dir=parent))
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")  # start-up from cached bytecode, as installed
     if not args.all_plugins:
         env["CKPT_CORE_PLUGINS"] = ""
     try:  # not imported here: it would only swell this process
@@ -242,24 +122,22 @@ def main() -> None:
         torch_note = "no torch: naive path reads raw bytes with numpy"
 
     try:
-        d, shapes = gpt_shapes(size)
+        d, shapes = bl.gpt_shapes(size)
         src = work / "model.safetensors"
         t0 = time.perf_counter()
-        write_source(src, shapes)
+        bl.write_safetensors(src, shapes, {"format": "pt"})
         made = time.perf_counter() - t0
         largest = 2 * max(int(np.prod(s)) for s in shapes.values())
         total = src.stat().st_size
         n_layer = sum(1 for k in shapes if k.endswith("attn.c_attn.weight"))
         print(f"source: {src} ({total / MB:.0f} MB, {len(shapes)} tensors, d_model {d}, {n_layer} layers, "
               f"largest tensor {largest / MB:.0f} MB; written in {made:.1f} s)")
-        df = subprocess.run(["df", "-h", str(work)], capture_output=True, text=True).stdout.strip().splitlines()
+        df = subprocess.run(["df", "-h", str(work)], check=False, capture_output=True, text=True).stdout.strip().splitlines()
         print(f"filesystem: {kind}; {df[-1] if df else ''}")
         print(f"python {sys.version.split()[0]}, {torch_note}, {os.cpu_count()} CPUs, "
               f"plugins: {'all installed' if args.all_plugins else 'built-ins only'}, repeat {args.repeat} (median)")
         print("page cache: nothing dropped; the source was read once to warm it\n")
-        with open(src, "rb") as f:
-            while f.read(64 << 20):
-                pass
+        bl.warm(src)
 
         canon = work / "canon-input"  # the input of to-safetensors
         subprocess.run([sys.executable, "-c", CONVERT, str(src), str(canon), "canonical"], check=True, env=env)
@@ -293,11 +171,7 @@ def main() -> None:
                 remove(dst)
                 print(f"  run {rep + 1}: {name:<15} {runs[name][-1][0]:7.2f} s  {runs[name][-1][1] / MB:7.0f} MB",
                       file=sys.stderr, flush=True)
-        results = {}
-        for name, _, role in cases:
-            walls = [w for w, _ in runs[name]]
-            results[name] = {"wall": statistics.median(walls), "wall_min": min(walls),
-                             "rss": max(r for _, r in runs[name]), "role": role}
+        results = {name: {**bl.summarize(runs[name]), "role": role} for name, _, role in cases}
     finally:
         if args.keep:
             print(f"kept {work}")
