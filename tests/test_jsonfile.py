@@ -15,3 +15,9 @@ def test_objects_read_and_everything_else_fails_in_one_line(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(CorruptInput, match=words):
             jsonfile.read_object(tmp_path / name)
+
+
+def test_an_endless_or_huge_file_fails_instead_of_filling_memory(tmp_path):
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    with pytest.raises(CorruptInput, match="too large for a JSON file"):
+        jsonfile.read_object(tmp_path / "zero.json")

@@ -8,13 +8,21 @@ from typing import Any
 
 from .errors import CorruptInput, NotFound
 
+# Far above any real index, manifest or config (a 1000-shard index is a few MB); a bound
+# so that a file linked to /dev/zero, or a huge one posing as JSON, fails instead of eating memory.
+MAX_BYTES = 64 * 1024 * 1024
+
 
 def read_object(path: Path | str) -> dict[str, Any]:
     """The JSON object in ``path``: NotFound if the file is missing, CorruptInput if it is
-    not valid UTF-8 JSON (absurd nesting included) or not an object."""
+    not valid UTF-8 JSON (absurd nesting included), not an object, or over ``MAX_BYTES``."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise CorruptInput(f"{path}: over {MAX_BYTES // 2**20} MiB, too large for a JSON file a checkpoint keeps")
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise NotFound(f"{path}: no such file") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
