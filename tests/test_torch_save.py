@@ -18,7 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ckpt_core import Tensor, dtypes, torch_io, torch_pickle, torch_save  # noqa: E402
+from ckpt_core import Tensor, dtypes, safetensors_io, torch_io, torch_pickle, torch_save  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -183,7 +183,8 @@ def file_tensor(path: Path, offset: int, dtype: str, shape: tuple[int, ...]) -> 
 def test_torch_save_streams_file_ranges_larger_than_a_chunk(tmp_path, monkeypatch):
     """A file-range tensor is copied and checksummed a chunk at a time, never read whole
     (Python's allocations stay under three chunks while an 8-chunk tensor is written)."""
-    monkeypatch.setattr(torch_save, "CHUNK_SIZE", 1 << 20)
+    monkeypatch.setattr(torch_save, "CHUNK_SIZE", 1 << 20)  # the CRC-32 reads
+    monkeypatch.setattr(safetensors_io, "CHUNK_SIZE", 1 << 20)  # the copy (through a buffer where the kernel cannot)
     tensor, data = file_tensor(tmp_path / "src.bin", 13, "F32", (2 << 20, 1))  # 8 MiB
     path = tmp_path / "out.pt"
     tracemalloc.start()
@@ -225,6 +226,7 @@ def test_torch_save_copies_from_another_filesystem(tmp_path, monkeypatch):
     import tempfile
 
     monkeypatch.setattr(torch_save, "CHUNK_SIZE", 1 << 16)
+    monkeypatch.setattr(safetensors_io, "CHUNK_SIZE", 1 << 16)
     with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
         tensor, data = file_tensor(Path(shm) / "src.bin", 5, "U16", (100_003,))
         path = tmp_path / "out.pt"

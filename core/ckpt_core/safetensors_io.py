@@ -174,8 +174,8 @@ def plain_file(directory: Path, name, named_by: Path) -> Path:
             target = path.resolve()
         except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
             raise NotFound(f"{named_by}: file {name!r} is a link that leads nowhere (a loop)") from None
-    if path.is_symlink() and not _link_allowed(directory.resolve(), target):
-        raise UnsafeInput(f"{named_by}: file {name!r} is a link out of {directory}")
+        if not _link_allowed(directory.resolve(), target):
+            raise UnsafeInput(f"{named_by}: file {name!r} is a link out of {directory}")
     if not path.is_file():
         raise NotFound(f"{named_by}: file {name!r} is missing")
     return path
@@ -301,18 +301,18 @@ def write_file(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, st
     pending = {}
     with open(path, "xb", buffering=0) as out, ThreadPoolExecutor(max_workers=1) as pool:
         try:
-            _write_all(out, build_header(tensors, metadata))
+            write_all(out, build_header(tensors, metadata))
             for name, t in tensors.items():
                 if t.file_range is not None and t.nbytes:
                     # The kernel copies; the checksums of file ranges are read on the other
                     # core meanwhile, and while the file is fsync-ed (collected at the end).
                     if checksums:
                         pending[name] = pool.submit(_crc32_range, t.file_range)
-                    _copy_range(t.file_range, out)
+                    copy_range(t.file_range, out)
                 else:
                     crc = 0
                     for chunk in t.iter_chunks():
-                        _write_all(out, chunk)
+                        write_all(out, chunk)
                         if checksums:
                             crc = zlib.crc32(chunk, crc)
                         progress.advance(len(chunk))
@@ -353,8 +353,10 @@ def _crc32_range(rng: FileRange) -> str:
     return f"crc32:{crc:08x}"
 
 
-def _copy_range(rng: FileRange, out) -> None:
-    """Append a file range to ``out`` without passing the bytes through Python."""
+def copy_range(rng: FileRange, out) -> None:
+    """Append a file range to the open file ``out`` without passing the bytes through
+    Python (``copy_file_range``; read and written where the kernel cannot). Every writer of
+    file-range tensors uses it (safetensors here, ``torch_save``)."""
     with open(rng.path, "rb") as src:
         offset, left = rng.offset, rng.nbytes
         while left:
@@ -365,7 +367,7 @@ def _copy_range(rng: FileRange, out) -> None:
                 src.seek(offset)
                 data = src.read(step)
                 done = len(data)
-                _write_all(out, data)
+                write_all(out, data)
             if done == 0:
                 raise CorruptInput(f"{rng.path}: file ends inside a tensor's data (truncated?)")
             offset += done
@@ -373,8 +375,9 @@ def _copy_range(rng: FileRange, out) -> None:
             progress.advance(done)
 
 
-def _write_all(out, data) -> None:
-    view = memoryview(data)
+def write_all(out, data) -> None:
+    """Write all of ``data`` to the open file ``out`` (an unbuffered write may be partial)."""
+    view = memoryview(data).cast("B")
     while view:
         view = view[out.write(view):]
 

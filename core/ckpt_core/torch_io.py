@@ -97,17 +97,23 @@ def check_archive(path: Path | str) -> None:
 FILE_ATTR = "_ckpt_core_file"
 
 
-def _stored_records(path: Path) -> dict[int, int]:
-    """Data offset -> size of each uncompressed storage record (``<archive>/data/<key>``)."""
-    records = {}
+def data_offset(f, info: zipfile.ZipInfo) -> int:
+    """Where the bytes of a stored member start in the open zip file ``f``: after its local
+    header, whose name and extra lengths may differ from the central directory's."""
+    f.seek(info.header_offset)
+    header = f.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise CorruptInput(f"{f.name}: bad zip local header for {info.filename}")
+    name_len, extra_len = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def stored_records(path: Path | str) -> dict[int, zipfile.ZipInfo]:
+    """Data offset -> ZipInfo of each uncompressed storage record (``<archive>/data/<key>``)
+    of a torch zip file."""
     with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
-        for info in archive.infolist():
-            if "/data/" in info.filename and info.compress_type == zipfile.ZIP_STORED:
-                f.seek(info.header_offset)
-                local = f.read(30)  # the local header: its name and extra lengths may differ from the directory's
-                name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-                records[info.header_offset + 30 + name_len + extra_len] = info.file_size
-    return records
+        return {data_offset(f, info): info for info in archive.infolist()
+                if "/data/" in info.filename and info.compress_type == zipfile.ZIP_STORED}
 
 
 def _mark_file_ranges(loaded: Any, path: Path) -> None:
@@ -135,8 +141,8 @@ def _mark_file_ranges(loaded: Any, path: Path) -> None:
         return
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     try:
-        records = _stored_records(path)
-    except (OSError, zipfile.BadZipFile, NotImplementedError):
+        records = {offset: info.file_size for offset, info in stored_records(path).items()}
+    except (OSError, zipfile.BadZipFile, NotImplementedError, CorruptInput):
         return
     lowest = min(storages)
     for first in sorted(records):

@@ -21,7 +21,6 @@ import io
 import math
 import pickle
 import pickletools
-import struct
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from . import dtypes
 from .errors import CorruptInput
 from .tensor import Tensor
-from .torch_io import TORCH_DTYPES, is_zip, load_pickle, tree_from_torch
+from .torch_io import TORCH_DTYPES, data_offset, is_zip, load_pickle, tree_from_torch
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds structure, not weights
 
@@ -146,12 +145,22 @@ def python3_name(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
+def _plain_global(module: str, name: str) -> Any:
+    """What the scanner reads the global ``module.name`` (Python 3 names) as: a container, a
+    tensor rebuild, a storage type or a dtype; None for anything else (left an inert Record)."""
+    if (module, name) in _SAFE:
+        return _SAFE[module, name]
+    if module in ("torch", "torch.storage") and name in _STORAGES:
+        return _STORAGES[name]
+    if module == "torch" and name in _TORCH_DTYPES:
+        return _DType(_TORCH_DTYPES[name])
+    return None
+
+
 def is_plain(qualname: str) -> bool:
-    """Whether the scanner reads the global ``module.name`` as data (a container, a tensor
-    rebuild, a storage type or dtype) rather than leaving it an inert Record."""
+    """Whether the scanner reads the global ``module.name`` as data rather than a Record."""
     module, _, name = qualname.rpartition(".")
-    return (module, name) in _SAFE or (module in ("torch", "torch.storage") and name in _STORAGES) or \
-        (module == "torch" and name in _TORCH_DTYPES)
+    return _plain_global(module, name) is not None
 
 
 class _Unpickler(pickle.Unpickler):
@@ -161,12 +170,9 @@ class _Unpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         module, name = python3_name(module, name)
-        if (module, name) in _SAFE:
-            return _SAFE[module, name]
-        if module in ("torch", "torch.storage") and name in _STORAGES:
-            return _STORAGES[name]
-        if module == "torch" and name in _TORCH_DTYPES:
-            return _DType(_TORCH_DTYPES[name])
+        plain = _plain_global(module, name)
+        if plain is not None:
+            return plain
         qualname = f"{module}.{name}"
         if qualname not in self.records:
             self.records[qualname] = type(name, (Record,), {"qualname": qualname})
@@ -314,7 +320,8 @@ def stub_tensor(path: Path, archive: str, stub: TensorStub, infos: dict[str, zip
         raise CorruptInput(f"{path}: storage {stub.storage.key} is missing from the archive")
     if info.compress_type != zipfile.ZIP_STORED:
         raise CorruptInput(f"{path}: storage {stub.storage.key} is compressed; torch never writes that")
-    start = _data_offset(path, info)
+    with open(path, "rb") as f:
+        start = data_offset(f, info)
     size = info.file_size
     if math.prod(stub.shape) == 0:
         return Tensor.from_bytes(b"", stub.dtype, stub.shape)
@@ -332,14 +339,3 @@ def stub_tensor(path: Path, archive: str, stub: TensorStub, infos: dict[str, zip
         return np.ascontiguousarray(view)
 
     return Tensor.from_loader(stub.dtype, stub.shape, load)
-
-
-def _data_offset(path: Path, info: zipfile.ZipInfo) -> int:
-    """Where a stored zip member's bytes start (after its local header)."""
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        header = f.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise CorruptInput(f"{path}: bad zip local header for {info.filename}")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len

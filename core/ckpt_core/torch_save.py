@@ -31,7 +31,6 @@ Tensors that are the same object share one storage (a tie, as nanoGPT's
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import math
@@ -49,8 +48,9 @@ import numpy as np
 
 from . import progress
 from .errors import CorruptInput
+from .safetensors_io import copy_range, write_all
 from .tensor import FileRange, Tensor
-from .torch_io import TORCH_DTYPES
+from .torch_io import TORCH_DTYPES, is_zip, stored_records
 
 PROTOCOL = 2  # torch.save's default
 ALIGNMENT = 64  # torch aligns every record's data to this (its ``.storage_alignment``)
@@ -263,35 +263,6 @@ def _end_records(records: list[_Record], start: int, end: int) -> bytes:
 # -- tensor bytes ----------------------------------------------------------------------------
 
 
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _copy_range(src: int, rng: FileRange, out: int) -> None:
-    """Append ``rng`` of the open file ``src`` to ``out``: in the kernel where it can
-    (``copy_file_range``), else read and written through one reused buffer."""
-    offset, left = rng.offset, rng.nbytes
-    buffer = None
-    while left:
-        step = min(left, CHUNK_SIZE)
-        if buffer is None:
-            try:
-                done = os.copy_file_range(src, out, step, offset)
-            except OSError:  # another filesystem (EXDEV), or one that cannot: copy by hand
-                buffer = memoryview(bytearray(min(left, CHUNK_SIZE)))
-                continue
-        else:
-            done = os.preadv(src, [buffer[:step]], offset)
-            _write_all(out, buffer[:done])
-        if done == 0:
-            raise CorruptInput(f"{rng.path}: file ends inside a tensor's data (truncated?)")
-        offset += done
-        left -= done
-        progress.advance(done)
-
-
 def _crc_range(rng: FileRange) -> int:
     """The CRC-32 of a file range, read through one reused buffer."""
     crc, offset, left = 0, rng.offset, rng.nbytes
@@ -308,47 +279,14 @@ def _crc_range(rng: FileRange) -> int:
 
 
 def _stored_crcs(path: Path) -> dict[tuple[int, int], int]:
-    """``(data offset, size) -> CRC-32`` of each stored record of the zip archive at
-    ``path`` (a torch file); empty for a file that is not a zip archive."""
-    crcs = {}
+    """``(data offset, size) -> CRC-32`` of each storage record of the torch zip file at
+    ``path``; empty for a file that is not one."""
     try:
-        with open(path, "rb") as f:
-            if not zipfile.is_zipfile(f):
-                return {}
-            with zipfile.ZipFile(f) as archive:
-                for info in archive.infolist():
-                    if info.compress_type != zipfile.ZIP_STORED:
-                        continue
-                    f.seek(info.header_offset)
-                    local = f.read(_LOCAL.size)
-                    if len(local) != _LOCAL.size or local[:4] != b"PK\x03\x04":
-                        return {}
-                    name_len, extra_len = struct.unpack("<HH", local[26:30])
-                    crcs[info.header_offset + _LOCAL.size + name_len + extra_len, info.file_size] = info.CRC
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        if not is_zip(path):
+            return {}
+        return {(offset, info.file_size): info.CRC for offset, info in stored_records(path).items()}
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, CorruptInput):
         return {}
-    return crcs
-
-
-class _Sources:
-    """The source files of file-range Tensors: each opened once, its archive's CRC-32s read once."""
-
-    def __init__(self, stack: contextlib.ExitStack):
-        self._stack = stack
-        self._fds: dict[Path, int] = {}
-        self._crcs: dict[Path, dict[tuple[int, int], int]] = {}
-
-    def fd(self, path: Path) -> int:
-        if path not in self._fds:
-            self._fds[path] = os.open(path, os.O_RDONLY)
-            self._stack.callback(os.close, self._fds[path])
-        return self._fds[path]
-
-    def known_crc(self, rng: FileRange) -> int | None:
-        """The CRC-32 the source archive already records for exactly these bytes, if any."""
-        if rng.path not in self._crcs:
-            self._crcs[rng.path] = _stored_crcs(rng.path)
-        return self._crcs[rng.path].get((rng.offset, rng.nbytes))
 
 
 # -- save ------------------------------------------------------------------------------------
@@ -374,22 +312,20 @@ def save(obj: Any, path: Path) -> None:
     records: list[_Record] = []
     position = 0
 
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(open(path, "wb", buffering=0)).fileno()
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
-        sources = _Sources(stack)
+    known_crcs: dict[Path, dict[tuple[int, int], int]] = {}  # each source archive's, read once
+    with open(path, "wb", buffering=0) as out, ThreadPoolExecutor(max_workers=1) as pool:
         last_computed: Future | None = None
 
         def begin(name: bytes, size: int) -> _Record:
             record = _Record(archive + b"/" + name, position, size)
-            _write_all(out, record.header)
+            write_all(out, record.header)
             records.append(record)
             return record
 
         def end(record: _Record) -> None:
             nonlocal position
             crc = record.crc if isinstance(record.crc, int) else 0  # patched once computed
-            _write_all(out, record.descriptor(crc))
+            write_all(out, record.descriptor(crc))
             position = record.data_offset + record.size + len(record.descriptor(0))
 
         def write_computed(t: Tensor) -> Future:
@@ -398,13 +334,13 @@ def save(obj: Any, path: Path) -> None:
             flat = memoryview(t.raw().reshape(-1).view(np.uint8))
             for start in range(0, len(flat), CHUNK_SIZE):
                 piece = flat[start:start + CHUNK_SIZE]
-                _write_all(out, piece)
+                write_all(out, piece)
                 progress.advance(len(piece))
             return pool.submit(zlib.crc32, flat)
 
         def write_small(name: bytes, content: bytes) -> None:
             record = begin(name, len(content))
-            _write_all(out, content)
+            write_all(out, content)
             record.crc = zlib.crc32(content)
             end(record)
 
@@ -415,8 +351,10 @@ def save(obj: Any, path: Path) -> None:
             record = begin(b"data/" + storage.key.encode(), t.nbytes)
             if t.file_range is not None and t.nbytes:
                 rng = t.file_range
-                known = sources.known_crc(rng)
-                _copy_range(sources.fd(rng.path), rng, out)
+                if rng.path not in known_crcs:
+                    known_crcs[rng.path] = _stored_crcs(rng.path)
+                known = known_crcs[rng.path].get((rng.offset, rng.nbytes))
+                copy_range(rng, out)
                 record.crc = known if known is not None else pool.submit(_crc_range, rng)
             elif t.nbytes:
                 if last_computed is not None:
@@ -429,6 +367,6 @@ def save(obj: Any, path: Path) -> None:
         for record in records:
             if isinstance(record.crc, Future):
                 record.crc = record.crc.result()
-                os.pwrite(out, record.descriptor(record.crc), record.data_offset + record.size)
+                os.pwrite(out.fileno(), record.descriptor(record.crc), record.data_offset + record.size)
         central = b"".join(record.central_entry(record.crc) for record in records)
-        _write_all(out, central + _end_records(records, position, position + len(central)))
+        write_all(out, central + _end_records(records, position, position + len(central)))
