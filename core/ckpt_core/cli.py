@@ -66,6 +66,8 @@ exit codes:
   9    plugin error: a plugin failed unexpectedly (a bug in the plugin)
   10   internal error: a bug in ckpt-core (run with --debug and report the traceback)
   11   disk full: no space left on the destination's device; nothing was written
+  12   destination is source: DST is SRC, holds it, lies inside it, or is a file the
+       read uses; nothing was written
   130  interrupted"""
 
 DETECT_EPILOG = """\

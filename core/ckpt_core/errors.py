@@ -86,6 +86,15 @@ class DiskFull(CkptError):
     kind = "disk-full"
 
 
+class DestinationIsSource(CkptError):
+    """The destination is the source, holds it, lies inside it, or is a file the read used
+    (a state file, a shard, a base model): writing there would destroy what is being read.
+    Nothing was written."""
+
+    exit_code = 12
+    kind = "destination-is-source"
+
+
 class CkptWarning(UserWarning):
     """Something a user should know that is not an error: raised with ``warnings.warn``.
 
