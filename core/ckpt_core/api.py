@@ -8,14 +8,19 @@ unexpected exception becomes a PluginError naming the plugin.
 from __future__ import annotations
 
 import errno
-from collections.abc import Collection, Mapping
+import os
+import stat
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import atomic, compare, losses, progress, rundir, schema, transforms
-from .errors import CkptError, CorruptInput, NotFound, PluginError, UnknownFormat, UsageError
+import attrs
+
+from . import atomic, compare, files, losses, progress, rundir, schema, transforms
+from .errors import CkptError, CorruptInput, DestinationExists, NotFound, PluginError, UnknownFormat, UsageError
 from .model import Checkpoint, Detection, FormatSpec, RunEntry, TrainState
 from .plugins import registry
+from .tensor import Tensor
 
 
 def _existing(path: Path | str) -> Path:
@@ -115,7 +120,8 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
     reg = registry()
     spec = reg.spec(format)
     opts = check_options(spec, options)
-    atomic.check_destination(path, overwrite)
+    check_destination(path, overwrite)
+    atomic.check_apart(path, None, tensor_files(ck))
     if cast:
         ck = transforms.cast(ck, cast)
     if merge_adapters:
@@ -138,7 +144,8 @@ def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any
     src, dst = _existing(src), Path(dst)
     reg = registry()
     target = reg.spec(to)
-    atomic.check_destination(dst, overwrite)
+    check_destination(dst, overwrite)
+    atomic.check_apart(dst, src, ())
     source = reg.spec(resolve_format(src, from_format))
     options = dict(options or {})
     unknown = sorted(set(options) - set(source.options) - set(target.options))
@@ -146,9 +153,50 @@ def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any
         check_options(target, {unknown[0]: None})
     read_opts = {k: v for k, v in options.items() if k in source.options}
     write_opts = {k: v for k, v in options.items() if k in target.options}
-    ck = load(src, source.name, read_opts)
+    with files.recording() as used:
+        ck = load(src, source.name, read_opts)
+    atomic.check_apart(dst, src, used)
     return save(ck, dst, to, write_opts, overwrite=overwrite, allow_loss=allow_loss,
                 merge_adapters=merge_adapters, cast=cast, show_progress=show_progress)
+
+
+def check_destination(dst: Path, overwrite: bool) -> None:
+    """Raise before any work if ``dst`` cannot be written: it exists and ``overwrite`` is not
+    given, or it is something ``overwrite`` never replaces. ``overwrite`` replaces a file (or a
+    link, which is replaced itself, never what it leads to, unless it leads to a device or
+    FIFO), an empty directory, or a directory an installed format recognises as a checkpoint."""
+    atomic.check_destination(dst, overwrite)
+    try:
+        mode = os.stat(dst).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing there (or a dangling link, replaced itself)
+    if stat.S_ISREG(mode):
+        return
+    rule = "--overwrite replaces only a file, an empty directory or a checkpoint; remove it yourself if it should go"
+    if not stat.S_ISDIR(mode):
+        raise DestinationExists(f"{dst}: is {files.kind(mode)}, not a checkpoint; {rule}")
+    if next(os.scandir(dst), None) is not None and not detect(dst):
+        raise DestinationExists(f"{dst}: is a directory that holds files but no checkpoint an installed format "
+                                f"recognises; {rule}")
+
+
+def tensor_files(ck: Checkpoint) -> set[Path]:
+    """The files ``ck``'s lazy tensors read their bytes from (weights, adapters, train state)."""
+    return {t.file_range.path for t in _tensors(ck) if t.file_range is not None}
+
+
+def _tensors(value: Any) -> Iterator[Tensor]:
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _tensors(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+    elif attrs.has(type(value)):
+        for field in attrs.fields(type(value)):
+            yield from _tensors(getattr(value, field.name))
 
 
 def diff(a: Path | str | Checkpoint, b: Path | str | Checkpoint, atol: float = 0.0, rtol: float = 0.0) -> compare.DiffReport:

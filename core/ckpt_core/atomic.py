@@ -1,18 +1,23 @@
 """Atomic output: a destination is either untouched or complete, never half-written.
 
 ``atomic_output(dst)`` yields a temporary path with ``dst``'s own name, inside a hidden
-sibling directory (``.NAME.tmp-XXXX/NAME``: writers that go by the name or suffix, such as
-``x.safetensors`` being a file, see the real one); the writer creates a file or a directory
-there. On success every file under it is fsync-ed, it is renamed into place in one step
-(same filesystem), and the parent directory is fsync-ed. On any failure (or Ctrl-C) the
-temporary is removed and the destination is as it was. Replacing an existing directory uses
-``renameat2(RENAME_EXCHANGE)`` so that even then there is no instant without one. A full disk
-(or quota) anywhere in this becomes ``DiskFull`` naming the destination.
+sibling directory (``.NAME.tmp-HOST-PID-XXXXXXXX/NAME``: writers that go by the name or
+suffix, such as ``x.safetensors`` being a file, see the real one); the writer creates a file
+or a directory there. On success every file under it is fsync-ed, it is renamed into place in
+one step (same filesystem), and the parent directory is fsync-ed. On any failure (or Ctrl-C)
+the temporary is removed and the destination is as it was. Replacing an existing directory
+uses ``renameat2(RENAME_EXCHANGE)`` so that even then there is no instant without one; where
+the OS lacks it, the old destination is first moved into a hidden ``.NAME.old-HOST-PID-XXXXXXXX``
+directory and removed after. A full disk (or quota) anywhere in this becomes ``DiskFull`` naming the
+destination.
 
-A writer killed outright (SIGKILL, power loss) cannot clean up: its hidden temporary stays,
-named with the writer's process id, and the next write to the same destination removes it
-once that process is gone. No format reads hidden names, so leftovers are never mistaken
-for checkpoints.
+A writer killed outright (SIGKILL, power loss) cannot clean up: its hidden directory stays,
+named with the host and the writer's process id, and the next write into the same folder (or
+``prune`` of a run holding it) removes it once that process is gone: only for this host, as a
+process id means nothing on another host of a shared filesystem. If the writer died between
+the two renames of the path without renameat2, the old destination is put back. A long NAME is cut (and a hash of it
+added) so that the hidden name stays within NAME_MAX. No format reads hidden names, so
+leftovers are never mistaken for checkpoints.
 """
 
 from __future__ import annotations
@@ -20,20 +25,26 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import glob
+import hashlib
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+import socket
+import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import DestinationExists, DiskFull, NotFound, PluginError
+from .errors import DestinationExists, DestinationIsSource, DiskFull, NotFound, PluginError
 
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # what a full disk or quota raises
+NAME_MAX = 255  # bytes in one file name, on every Linux filesystem
+VISIBLE_MAX = 160  # bytes of NAME kept in a hidden name: room is left for the longest suffix
+HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "localhost"
+_STALE = re.compile(r"\..+\.(?P<tag>tmp|old)-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-[0-9a-f]{8}")
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> bool:
@@ -51,6 +62,16 @@ def _renameat2(src: Path, dst: Path, flags: int) -> bool:
     if err == errno.EEXIST:
         raise FileExistsError(err, os.strerror(err), str(dst))
     raise OSError(err, os.strerror(err), str(dst))
+
+
+def hidden_name(name: str, tag: str) -> str:
+    """``.NAME.TAG-XXXXXXXX`` within NAME_MAX bytes (``tag`` at most 90 bytes): a NAME longer
+    than ``VISIBLE_MAX`` bytes is cut and a hash of the whole added, so the same NAME always
+    gives the same visible part."""
+    raw = name.encode()
+    if len(raw) > VISIBLE_MAX:
+        name = raw[:VISIBLE_MAX - 17].decode(errors="ignore") + "~" + hashlib.sha256(raw).hexdigest()[:16]
+    return f".{name}.{tag}-{secrets.token_hex(4)}"
 
 
 def remove(path: Path) -> None:
@@ -89,14 +110,46 @@ def check_destination(dst: Path, overwrite: bool) -> None:
         raise NotFound(f"{dst.parent}: no such directory to write {dst.name} into")
 
 
+def check_apart(dst: Path, src: Path | None, used: Iterable[Path]) -> None:
+    """Raise DestinationIsSource if writing ``dst`` would replace, or write inside, the
+    source ``src`` or a file its read ``used``: ``dst`` is one of them (compared after links
+    and ``..`` are resolved, and by inode), holds one, or lies inside one."""
+    targets = {Path(os.path.realpath(dst))}  # what the path leads to
+    if dst.is_symlink():
+        targets.add(Path(os.path.realpath(dst.parent)) / dst.name)  # and the link itself, which is replaced
+    dst_inode = _inode(dst)
+    for path in ([src] if src is not None else []) + sorted(set(used) - {src}):
+        real = Path(os.path.realpath(path))
+        what = "the source" if path == src else f"{path}, a file the read of {src or 'the checkpoint'} uses"
+        for target in targets:
+            if target == real or (dst_inode is not None and dst_inode == _inode(path)):
+                relation = "is the source itself" if path == src else f"is {what}"
+            elif target in real.parents:
+                relation = f"holds {what}" + (f" ({path})" if path == src else "")
+            elif real in target.parents:
+                relation = f"lies inside {what}" + (f" ({path})" if path == src else "")
+            else:
+                continue
+            raise DestinationIsSource(f"{dst}: {relation}; writing there would destroy what is being read, "
+                                      f"so nothing was written (choose a destination outside it)")
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 @contextlib.contextmanager
 def atomic_output(dst: Path | str, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path named as ``dst`` (in a hidden sibling directory); move what
     was written there onto ``dst``."""
     dst = Path(dst)
     check_destination(dst, overwrite)
-    _remove_stale(dst)
-    holder = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    sweep(dst.parent)
+    holder = _holder(dst, "tmp")
     tmp = holder / dst.name
     try:
         holder.mkdir()
@@ -115,13 +168,27 @@ def atomic_output(dst: Path | str, overwrite: bool = False) -> Iterator[Path]:
         remove(holder)
 
 
-def _remove_stale(dst: Path) -> None:
-    """Remove temporaries for ``dst`` left by writers that were killed (their process is gone)."""
-    pattern = re.compile(rf"\.{re.escape(dst.name)}\.tmp-(\d+)-[0-9a-f]+")
-    for sibling in dst.parent.glob(f".{glob.escape(dst.name)}.tmp-*"):
-        m = pattern.fullmatch(sibling.name)
-        if m and not _alive(int(m.group(1))):
-            remove(sibling)
+def _holder(dst: Path, tag: str) -> Path:
+    """A new hidden directory name beside ``dst``, saying which process on which host made it."""
+    return dst.parent / hidden_name(dst.name, f"{tag}-{HOST}-{os.getpid()}")
+
+
+def sweep(folder: Path) -> None:
+    """Remove the hidden directories in ``folder`` of writers on this host whose process is
+    gone, first putting back an old destination one left moved aside (``.old``)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = _STALE.fullmatch(name)
+        if m and m["host"] == HOST and not _alive(int(m["pid"])):
+            holder = folder / name
+            if m["tag"] == "old":  # the writer died between its two renames: put the old one back
+                for old in holder.iterdir():
+                    if not (folder / old.name).exists() and not (folder / old.name).is_symlink():
+                        os.rename(old, folder / old.name)
+            remove(holder)
 
 
 def _alive(pid: int) -> bool:
@@ -151,7 +218,8 @@ def _move_into_place(tmp: Path, dst: Path, overwrite: bool) -> None:
     if _renameat2(tmp, dst, _RENAME_EXCHANGE):
         remove(tmp)  # tmp now holds the old destination
         return
-    old = dst.parent / f".{dst.name}.old-{secrets.token_hex(4)}"
-    os.rename(dst, old)
+    old = _holder(dst, "old")
+    old.mkdir()
+    os.rename(dst, old / dst.name)
     os.rename(tmp, dst)
     remove(old)
