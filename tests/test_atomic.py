@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ckpt_core import safetensors_io
+from ckpt_core import atomic, safetensors_io
 from ckpt_core.atomic import atomic_output
 from ckpt_core.errors import DestinationExists, DiskFull, NotFound, PluginError
 from ckpt_core.tensor import Tensor
@@ -295,14 +295,58 @@ def test_sigkill_at_assorted_instants_never_leaves_a_partial_destination(tmp_pat
     assert False in outcomes  # at least one kill landed before the rename
 
 
-def test_leftovers_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+def dead_pid() -> int:
+    """The id of a process that has exited."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+
+
+def test_leftovers_of_killed_writers_on_this_host_are_removed_by_the_next_write(tmp_path):
+    """Hidden directories of dead writers on this host go (for any name in the folder); a
+    live writer's, and another host's (its process ids mean nothing here), stay."""
     dst = tmp_path / "out.safetensors"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f".out.safetensors.tmp-{int(dead.stdout)}-abcd1234"
+    stale = tmp_path / f".out.safetensors.tmp-{atomic.HOST}-{dead_pid()}-abcd1234"
     (stale / "out.safetensors").mkdir(parents=True)
-    live = tmp_path / f".out.safetensors.tmp-{os.getpid()}-0000beef"  # a writer still running: kept
+    other_name = tmp_path / f".other.safetensors.tmp-{atomic.HOST}-{dead_pid()}-abcd1234"  # another name, same folder
+    other_name.mkdir()
+    live = tmp_path / f".out.safetensors.tmp-{atomic.HOST}-{os.getpid()}-0000beef"  # a writer still running: kept
     live.mkdir()
+    remote = tmp_path / f".out.safetensors.tmp-{atomic.HOST}x-{dead_pid()}-0000beef"  # another host's: kept
+    remote.mkdir()
     with atomic_output(dst) as tmp:
+        assert tmp.parent.name.startswith(f".out.safetensors.tmp-{atomic.HOST}-{os.getpid()}-")
         tmp.write_bytes(b"new")
     assert dst.read_bytes() == b"new"
-    assert siblings(dst) == [live.name]
+    assert siblings(dst) == sorted([live.name, remote.name]) and not other_name.exists()
+
+
+def test_a_writer_killed_between_the_two_renames_leaves_the_old_destination_back(tmp_path):
+    """Without renameat2 the old destination is first moved into a hidden ``.old-`` directory:
+    a writer killed there leaves no destination, and the next write puts the old one back."""
+    dst = tmp_path / "out"
+    make_dir(dst, {"a.bin": b"old"})
+    old = tmp_path / f".out.old-{atomic.HOST}-{dead_pid()}-abcd1234"
+    old.mkdir()
+    dst.rename(old / "out")
+    with atomic_output(tmp_path / "next.bin") as tmp:
+        tmp.write_bytes(b"x")
+    assert tree(dst) == {"a.bin": b"old"} and not old.exists()
+
+
+def test_replacing_a_directory_without_renameat2_leaves_nothing_hidden(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "_renameat2", lambda src, dst, flags: False)
+    dst = tmp_path / "out"
+    make_dir(dst, {"a.bin": b"old"})
+    with atomic_output(dst, overwrite=True) as tmp:
+        make_dir(tmp, {"b.bin": b"new"})
+    assert tree(dst) == {"b.bin": b"new"} and siblings(dst) == []
+
+
+def test_a_legal_long_name_never_fails_for_the_hidden_name(tmp_path):
+    """A 250-byte destination name (legal: NAME_MAX is 255) is written: the hidden name
+    beside it cuts the visible part and adds a hash."""
+    for name in ("x" * 250 + ".bin", "é" * 127):
+        dst = tmp_path / name
+        with atomic_output(dst) as tmp:
+            assert len(tmp.parent.name.encode()) <= atomic.NAME_MAX
+            tmp.write_bytes(b"new")
+        assert dst.read_bytes() == b"new"

@@ -10,7 +10,7 @@ Plugins implement the hooks in ``ckpt_core.hookspecs`` with ``@ckpt_core.hookimp
 """
 
 from .api import convert, detect, diff, latest, list_checkpoints, load, prune, save, train_state
-from .errors import (CkptError, CkptWarning, CorruptInput, DestinationExists, DiskFull, LossyConversion, NotFound,
+from .errors import (CkptError, CkptWarning, CorruptInput, DestinationExists, DestinationIsSource, DiskFull, LossyConversion, NotFound,
                      PluginError, UnknownFormat, UnsafeInput, UsageError)
 from .hookspecs import hookimpl
 from .model import Adapter, Arch, Checkpoint, Detection, FormatSpec, Layout, OptimizerState, RunEntry, TrainState
@@ -19,7 +19,7 @@ from .tensor import Tensor
 
 __all__ = [
     "convert", "detect", "diff", "latest", "list_checkpoints", "load", "prune", "save", "train_state",
-    "CkptError", "CkptWarning", "CorruptInput", "DestinationExists", "DiskFull", "LossyConversion", "NotFound",
+    "CkptError", "CkptWarning", "CorruptInput", "DestinationExists", "DestinationIsSource", "DiskFull", "LossyConversion", "NotFound",
     "PluginError", "UnknownFormat", "UnsafeInput", "UsageError", "hookimpl",
     "Adapter", "Arch", "Checkpoint", "Detection", "FormatSpec", "Layout", "OptimizerState", "RunEntry",
     "TrainState", "FamilySchema", "TensorRule", "Tensor",

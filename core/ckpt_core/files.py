@@ -60,20 +60,24 @@ def open_regular(path: Path | str, buffering: int = -1) -> BinaryIO:
     itself, so a path swapped between a check and the open cannot slip through."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        f = open(path, "rb", buffering=buffering, opener=_open_regular)
     except FileNotFoundError:
         raise NotFound(f"{path}: no such file") from None
+    note(path)
+    return f
+
+
+def _open_regular(path: str, flags: int) -> int:
+    fd = os.open(path, flags | os.O_NONBLOCK)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise _refuse(path, mode)
+            raise _refuse(Path(path), mode)
         os.set_blocking(fd, True)
-        f = os.fdopen(fd, "rb", buffering=buffering)
     except BaseException:
         os.close(fd)
         raise
-    note(path)
-    return f
+    return fd
 
 
 def read_text(path: Path | str, limit: int) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from . import dtypes, jsonfile, progress
 from .errors import CorruptInput, NotFound, UnsafeInput, UsageError
+from .files import open_regular
 from .tensor import CHUNK_SIZE, FileRange, Tensor
 
 MAX_HEADER = 100_000_000  # the safetensors library's own bound
@@ -44,8 +45,8 @@ def read_header(path: Path | str) -> tuple[dict[str, tuple[str, tuple[int, ...],
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise CorruptInput(f"{path}: not a safetensors file ({size} bytes, too short for a header)")

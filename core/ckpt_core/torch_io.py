@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import files
 from .errors import CorruptInput, NotFound, UnsafeInput
 from .tensor import Tensor
 
@@ -66,10 +67,12 @@ def from_torch(t) -> Tensor:
 
 
 def is_zip(path: Path | str) -> bool:
-    """``zipfile.is_zipfile``, but False (not BadZipFile) for a damaged ZIP64 end record."""
+    """``zipfile.is_zipfile``, but False (not BadZipFile) for a damaged ZIP64 end record, and
+    for anything but a regular file (never opening a FIFO, which would block)."""
     try:
-        return zipfile.is_zipfile(path)
-    except zipfile.BadZipFile:
+        with files.open_regular(path) as f:
+            return zipfile.is_zipfile(f)
+    except (zipfile.BadZipFile, CorruptInput, NotFound, OSError):
         return False
 
 
@@ -84,7 +87,7 @@ def check_archive(path: Path | str) -> None:
     CorruptInput names the first damaged record.
     """
     try:
-        with zipfile.ZipFile(path) as archive:
+        with files.open_regular(path) as f, zipfile.ZipFile(f) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:  # an unknown zip version
         raise CorruptInput(f"{path}: not a readable torch zip archive ({e})") from None
@@ -111,7 +114,7 @@ def data_offset(f, info: zipfile.ZipInfo) -> int:
 def stored_records(path: Path | str) -> dict[int, zipfile.ZipInfo]:
     """Data offset -> ZipInfo of each uncompressed storage record (``<archive>/data/<key>``)
     of a torch zip file."""
-    with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
+    with files.open_regular(path) as f, zipfile.ZipFile(f) as archive:
         return {data_offset(f, info): info for info in archive.infolist()
                 if "/data/" in info.filename and info.compress_type == zipfile.ZIP_STORED}
 
@@ -228,9 +231,7 @@ def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[A
 
     from . import torch_pickle
 
-    path = Path(path)
-    if not path.is_file():
-        raise NotFound(f"{path}: no such file")
+    path = files.check_regular(path)
     use_mmap = mmap and is_zip(path)  # torch's legacy (non-zip) files cannot be mmap-ed
     try:
         with torch.serialization.safe_globals(list(allowed_globals)), warnings.catch_warnings():

@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from . import dtypes
+from . import dtypes, files
 from .errors import CorruptInput
 from .tensor import Tensor
 from .torch_io import TORCH_DTYPES, data_offset, is_zip, load_pickle, tree_from_torch
@@ -209,7 +209,7 @@ def pickle_member(zf: zipfile.ZipFile) -> str:
 def scan(path: Path) -> Scan:
     """Unpickle ``path``'s ``data.pkl`` inertly. CorruptInput if it is not a readable torch zip."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with files.open_regular(path) as f, zipfile.ZipFile(f) as zf:
             member = pickle_member(zf)
             if zf.getinfo(member).file_size > MAX_PICKLE_BYTES:
                 raise CorruptInput(f"{path}: data.pkl is {zf.getinfo(member).file_size} bytes, too large to be a checkpoint's structure")
@@ -231,10 +231,10 @@ def named_globals(path: Path) -> list[str]:
     protocol, system info and data; a bare pickle). Damage ends the listing, not the call."""
     try:
         if is_zip(path):
-            with zipfile.ZipFile(path) as zf:
+            with files.open_regular(path) as f, zipfile.ZipFile(f) as zf:
                 data = zf.read(pickle_member(zf))
         else:
-            with open(path, "rb") as f:
+            with files.open_regular(path) as f:
                 data = f.read(MAX_PICKLE_BYTES)
     except (CorruptInput, zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
         return []
@@ -288,7 +288,7 @@ def lazy(path: Path, scan: Scan) -> Any:
     """``scan.obj`` with every tensor stub a lazy Tensor over the archive's bytes: what
     ``torch.load`` would give, without torch. Stubs over the same bytes share one Tensor
     (a tie, as torch shares the storage); OrderedDicts become plain dicts."""
-    with zipfile.ZipFile(path) as zf:
+    with files.open_regular(path) as f, zipfile.ZipFile(f) as zf:
         infos = {info.filename: info for info in zf.infolist()}
     made: dict[TensorStub, Tensor] = {}
 
@@ -313,14 +313,14 @@ def stub_tensor(path: Path, archive: str, stub: TensorStub, infos: dict[str, zip
     (``infos``: the archive's members by name, when the caller has them)."""
     item = dtypes.get(stub.dtype).itemsize
     if infos is None:
-        with zipfile.ZipFile(path) as zf:
+        with files.open_regular(path) as f, zipfile.ZipFile(f) as zf:
             infos = {info.filename: info for info in zf.infolist()}
     info = infos.get(f"{archive}/data/{stub.storage.key}")
     if info is None:
         raise CorruptInput(f"{path}: storage {stub.storage.key} is missing from the archive")
     if info.compress_type != zipfile.ZIP_STORED:
         raise CorruptInput(f"{path}: storage {stub.storage.key} is compressed; torch never writes that")
-    with open(path, "rb") as f:
+    with files.open_regular(path) as f:
         start = data_offset(f, info)
     size = info.file_size
     if math.prod(stub.shape) == 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import CorruptInput, LossyConversion, OptimizerState, TrainState, jsonfile, torch_pickle, torch_save
+from ckpt_core import CorruptInput, LossyConversion, OptimizerState, TrainState, files, jsonfile, torch_pickle, torch_save
 
 from . import layout
 
@@ -22,7 +22,7 @@ def read_yaml(path: Path) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(files.read_text(path, jsonfile.MAX_BYTES))
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
         raise CorruptInput(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
 
