@@ -18,6 +18,10 @@ def test_objects_read_and_everything_else_fails_in_one_line(tmp_path):
 
 
 def test_an_endless_or_huge_file_fails_instead_of_filling_memory(tmp_path):
-    (tmp_path / "zero.json").symlink_to("/dev/zero")
-    with pytest.raises(CorruptInput, match="too large for a JSON file"):
+    (tmp_path / "zero.json").symlink_to("/dev/zero")  # a device: refused before reading
+    with pytest.raises(CorruptInput, match="is a character device, not a file"):
         jsonfile.read_object(tmp_path / "zero.json")
+    with open(tmp_path / "huge.json", "wb") as f:
+        f.truncate(jsonfile.MAX_BYTES + 1)  # sparse: takes no space
+    with pytest.raises(CorruptInput, match="too large for a JSON file"):
+        jsonfile.read_object(tmp_path / "huge.json")

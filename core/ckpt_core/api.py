@@ -240,12 +240,27 @@ def latest(run_dir: Path | str, format: str | None = None) -> RunEntry:
     return rundir.latest(entries, Path(run_dir))
 
 
-def prune(run_dir: Path | str, keep: int, format: str | None = None, dry_run: bool = False) -> list[RunEntry]:
+def retention(run_dir: Path | str, format: str | None = None) -> int | None:
+    """How many checkpoints the run keeps by its own config (moshi's ``num_ckpt_keep``), or
+    None when its format records none."""
+    name, _ = _run_entries(run_dir, format)
+    keep = _call(registry().hook.run_retention, name, run_dir=Path(run_dir))
+    return keep
+
+
+def prune(run_dir: Path | str, keep: int | None = None, format: str | None = None, dry_run: bool = False) -> list[RunEntry]:
     """Delete all but the newest ``keep`` complete checkpoints (never the newest complete,
-    never one tagged best, never an incomplete one); return what was (or would be) deleted.
-    First finishes what an earlier, interrupted prune left half-deleted."""
-    _, entries = _run_entries(run_dir, format)
-    doomed = rundir.to_prune(rundir.visible(entries), keep)
+    never one tagged best, never an incomplete one, never anything outside ``run_dir``: a
+    linked checkpoint or folder is skipped with a warning); return what was (or would be)
+    deleted. ``keep`` None: the run's own retention (``retention``), a UsageError if it
+    records none. First finishes what an earlier, interrupted prune or a killed writer left."""
+    name, entries = _run_entries(run_dir, format)
+    if keep is None:
+        keep = retention(run_dir, name)
+        if keep is None:
+            raise UsageError(f"{run_dir}: the run records no retention ({name!r} runs keep no such setting); "
+                             f"pass --keep N")
+    doomed = rundir.inside(Path(run_dir), rundir.to_prune(rundir.visible(entries), keep))
     if not dry_run:
         rundir.sweep(Path(run_dir), entries)
         rundir.delete(doomed)

@@ -65,13 +65,18 @@ def _renameat2(src: Path, dst: Path, flags: int) -> bool:
 
 
 def hidden_name(name: str, tag: str) -> str:
-    """``.NAME.TAG-XXXXXXXX`` within NAME_MAX bytes (``tag`` at most 90 bytes): a NAME longer
-    than ``VISIBLE_MAX`` bytes is cut and a hash of the whole added, so the same NAME always
-    gives the same visible part."""
+    """``.NAME.TAG-XXXXXXXX`` within NAME_MAX bytes (``tag`` at most 90 bytes), NAME as
+    ``visible_part`` gives it."""
+    return f".{visible_part(name)}.{tag}-{secrets.token_hex(4)}"
+
+
+def visible_part(name: str) -> str:
+    """``name``, or, when longer than ``VISIBLE_MAX`` bytes, its start and a hash of the
+    whole: the same ``name`` always gives the same part."""
     raw = name.encode()
-    if len(raw) > VISIBLE_MAX:
-        name = raw[:VISIBLE_MAX - 17].decode(errors="ignore") + "~" + hashlib.sha256(raw).hexdigest()[:16]
-    return f".{name}.{tag}-{secrets.token_hex(4)}"
+    if len(raw) <= VISIBLE_MAX:
+        return name
+    return raw[:VISIBLE_MAX - 17].decode(errors="ignore") + "~" + hashlib.sha256(raw).hexdigest()[:16]
 
 
 def remove(path: Path) -> None:
@@ -175,7 +180,7 @@ def _holder(dst: Path, tag: str) -> Path:
 
 def sweep(folder: Path) -> None:
     """Remove the hidden directories in ``folder`` of writers on this host whose process is
-    gone, first putting back an old destination one left moved aside (``.old``)."""
+    gone, first putting back an old destination one left moved aside (``.old-``)."""
     try:
         names = os.listdir(folder)
     except OSError:
@@ -186,7 +191,7 @@ def sweep(folder: Path) -> None:
             holder = folder / name
             if m["tag"] == "old":  # the writer died between its two renames: put the old one back
                 for old in holder.iterdir():
-                    if not (folder / old.name).exists() and not (folder / old.name).is_symlink():
+                    if not os.path.lexists(folder / old.name):
                         os.rename(old, folder / old.name)
             remove(holder)
 

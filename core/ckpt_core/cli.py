@@ -134,9 +134,12 @@ examples:
 LS_EPILOG = """\
 Lists a training run's checkpoints, oldest step first, as the format that lays out the
 run directory finds them (or --format). Incomplete ones (an interrupted save) say why.
+The PRUNE column says which `ckpt-core prune` would delete: keeping the run's own
+retention (moshi's num_ckpt_keep in args.yaml), or --keep N ("-" when neither is known).
 
 examples:
   ckpt-core ls runs/exp1
+  ckpt-core ls runs/exp1 --keep 2
   ckpt-core ls runs/exp1 --json"""
 
 LATEST_EPILOG = """\
@@ -148,12 +151,16 @@ examples:
   ckpt-core inspect "$(ckpt-core latest runs/exp1)\""""
 
 PRUNE_EPILOG = """\
-Deletes all but the newest N complete checkpoints. Never deletes the newest complete one,
-one tagged best, or an incomplete one (it may be a save in progress).
+Deletes all but the newest N complete checkpoints; without --keep, N is the run's own
+retention where its format records one (moshi: num_ckpt_keep in args.yaml). Never
+deletes the newest complete one, one tagged best, an incomplete one (it may be a save in
+progress), or anything outside RUN_DIR (a linked checkpoint or folder is skipped with a
+warning). Also removes what killed prunes, and writers killed on this host, left behind.
 
 examples:
   ckpt-core prune runs/exp1 --keep 3 --dry-run
-  ckpt-core prune runs/exp1 --keep 3"""
+  ckpt-core prune runs/exp1 --keep 3
+  ckpt-core prune runs/moshi-run"""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -258,10 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--format", metavar="F", help="the run directory's format, if not the detected one")
         return p
 
-    run_dir_command("ls", cmd_ls, "list the checkpoints of a training run directory", LS_EPILOG)
+    p = run_dir_command("ls", cmd_ls, "list the checkpoints of a training run directory", LS_EPILOG)
+    p.add_argument("--keep", type=int, metavar="N", help="mark what `prune --keep N` would delete (default: the run's own retention, if it records one)")
     run_dir_command("latest", cmd_latest, "print the path of a run directory's newest complete checkpoint", LATEST_EPILOG)
     p = run_dir_command("prune", cmd_prune, "delete all but the newest N complete checkpoints of a run directory", PRUNE_EPILOG)
-    p.add_argument("--keep", type=int, required=True, metavar="N", help="how many of the newest complete checkpoints to keep")
+    p.add_argument("--keep", type=int, metavar="N",
+                   help="how many of the newest complete checkpoints to keep (default: the run's own retention, such as moshi's num_ckpt_keep)")
     p.add_argument("--dry-run", action="store_true", help="print what would be deleted; delete nothing")
     return parser
 
@@ -528,12 +537,18 @@ def _format_facts(spec: FormatSpec) -> dict[str, Any]:
 
 def cmd_ls(args) -> None:
     format, entries = api.list_checkpoints(args.run_dir, args.format)
+    keep = args.keep if args.keep is not None else api.retention(args.run_dir, format)
+    doomed = {e.path for e in api.prune(args.run_dir, keep, format, dry_run=True)} if keep is not None else None
     if args.json:
-        return _emit({"run_dir": args.run_dir, "format": format, "checkpoints": [_entry_facts(e) for e in entries]})
+        return _emit({"run_dir": args.run_dir, "format": format, "keep": keep,
+                      "checkpoints": [{**_entry_facts(e), "pruned": None if doomed is None else e.path in doomed}
+                                      for e in entries]})
     complete = sum(e.complete for e in entries)
-    print(f"{args.run_dir}: {_count(len(entries), 'checkpoint')} ({complete} complete), format {format}")
-    _table(["STEP", "STATE", "TAGS", "PATH", "NOTE"],
-           [[_text(e.step), "complete" if e.complete else "incomplete", ",".join(sorted(e.tags)), str(e.path), e.note]
+    kept = f", prune keeps {keep}" if keep is not None else ""
+    print(f"{args.run_dir}: {_count(len(entries), 'checkpoint')} ({complete} complete), format {format}{kept}")
+    _table(["STEP", "STATE", "TAGS", "PRUNE", "PATH", "NOTE"],
+           [[_text(e.step), "complete" if e.complete else "incomplete", ",".join(sorted(e.tags)),
+             "-" if doomed is None else "delete" if e.path in doomed else "keep", str(e.path), e.note]
             for e in entries])
 
 

@@ -7,7 +7,7 @@ A plugin is a module registered under the entry-point group ``ckpt_core``::
 
 and implements some of the hooks below with ``@ckpt_core.hookimpl``. Formats are named by
 the FormatSpecs a plugin returns from ``ckpt_formats``; the core calls ``to_canonical``,
-``from_canonical``, ``train_state`` and ``list_checkpoints`` with a format name, and every
+``from_canonical``, ``train_state``, ``list_checkpoints`` and ``run_retention`` with a format name, and every
 plugin must return None for a format it does not own. The core checks options, losses
 and destinations before it calls a writer, and makes every write atomic.
 """
@@ -111,4 +111,17 @@ def list_checkpoints(run_dir: Path, format: str) -> list[RunEntry] | None:
     Include incomplete checkpoints (interrupted saves, missing companion files, truncated
     weights) with ``complete=False`` and a note: the core never picks them as latest and
     never prunes them. Read names and headers only.
+    """
+
+
+@hookspec(firstresult=True)
+def run_retention(run_dir: Path, format: str) -> int | None:
+    """How many of the newest checkpoints the run at ``run_dir`` (laid out as ``format``,
+    yours) keeps, as the run's own config records it (moshi: ``num_ckpt_keep`` in
+    ``args.yaml``). Return None when ``format`` is not yours or the run records no such
+    setting; raise CorruptInput when the setting is there but not a positive integer.
+
+    ``ckpt-core prune RUN`` without ``--keep`` keeps that many (and refuses, asking for
+    ``--keep``, when no format returns one); ``ckpt-core ls`` marks the checkpoints such a
+    prune would delete. Read small config files only.
     """

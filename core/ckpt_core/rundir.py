@@ -10,19 +10,22 @@ entry's own path (its weights) before its companions. A prune killed part way le
 leftovers and, at worst, companions whose main path is already hidden: such a half-deleted
 entry is not listed (``visible``), and the next prune finishes the job (``sweep``).
 
-Temporaries of writers killed while saving into a run (``.NAME.tmp-PID-XXXX``) are left to
-the next write of the same name (``atomic``): prune cannot tell a dead writer from one on
-another host of a shared filesystem, whose process id means nothing here.
+Prune deletes only inside the run directory as given: an entry with a path whose real
+location lies elsewhere (a linked ``checkpoints`` folder, a linked checkpoint) is skipped
+with a warning, never followed. It also removes the hidden temporaries of writers killed
+while saving into the run (``atomic.sweep``): those of dead processes on this host only, as
+a process id means nothing on another host of a shared filesystem.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
+import warnings
 from pathlib import Path
 
-from .atomic import remove
-from .errors import NotFound, UsageError
+from . import atomic
+from .errors import CkptWarning, NotFound, UsageError
 from .model import RunEntry
 
 _DELETING = re.compile(r"\..+\.deleting-[0-9a-f]{8}")
@@ -59,18 +62,18 @@ def delete(entries: list[RunEntry]) -> None:
         hidden = []
         for p in paths:
             if p.exists() or p.is_symlink():
-                target = p.parent / f".{p.name}.deleting-{secrets.token_hex(4)}"
+                target = p.parent / atomic.hidden_name(p.name, "deleting")
                 p.rename(target)
                 hidden.append(target)
         for h in hidden:
-            remove(h)
+            atomic.remove(h)
 
 
 def _half_deleted(entry: RunEntry) -> bool:
     """True for what a killed ``delete`` left of an entry: companions of a hidden main path."""
     if entry.complete or entry.path.exists():
         return False
-    marker = f".{entry.path.name}.deleting-"
+    marker = f".{atomic.visible_part(entry.path.name)}.deleting-"
     return any(p.name.startswith(marker) and _DELETING.fullmatch(p.name) for p in _listing(entry.path.parent))
 
 
@@ -86,12 +89,33 @@ def visible(entries: list[RunEntry]) -> list[RunEntry]:
     return [e for e in entries if not _half_deleted(e)]
 
 
+def inside(run_dir: Path, entries: list[RunEntry]) -> list[RunEntry]:
+    """The entries whose every path really lies inside ``run_dir``; a CkptWarning names each
+    other one (a linked checkpoint, or one in a linked folder), which is left alone."""
+    root = Path(os.path.realpath(run_dir))
+    kept = []
+    for e in entries:
+        outside = [p for p in (e.path, *e.paths) if root not in Path(os.path.realpath(p)).parents]
+        if outside:
+            warnings.warn(f"{e.path}: not deleted: {outside[0]} leads to {os.path.realpath(outside[0])}, outside "
+                          f"{run_dir}; prune deletes only inside the run directory", CkptWarning, stacklevel=2)
+        else:
+            kept.append(e)
+    return kept
+
+
 def sweep(run_dir: Path, entries: list[RunEntry]) -> None:
-    """Finish what killed prunes left in ``run_dir``: half-deleted entries and hidden
-    ``.NAME.deleting-XXXXXXXX`` leftovers, in every folder that holds entries."""
-    delete([e for e in entries if _half_deleted(e)])
+    """Finish what killed prunes and writers left in ``run_dir``: half-deleted entries,
+    hidden ``.NAME.deleting-XXXXXXXX`` leftovers and dead writers' temporaries, in every
+    folder inside ``run_dir`` that holds entries."""
+    delete(inside(run_dir, [e for e in entries if _half_deleted(e)]))
+    root = Path(os.path.realpath(run_dir))
     folders = {run_dir, *(p.parent for e in entries for p in (e.path, *e.paths))}
     for folder in folders:
+        real = Path(os.path.realpath(folder))
+        if real != root and root not in real.parents:
+            continue
+        atomic.sweep(folder)
         for p in _listing(folder):
             if _DELETING.fullmatch(p.name):
-                remove(p)
+                atomic.remove(p)

@@ -91,3 +91,10 @@ def list_checkpoints(run_dir: Path, format: str):
     if format != NAME or layout.kind(run_dir) != "run":
         return None
     return layout.entries(run_dir)
+
+
+@hookimpl
+def run_retention(run_dir: Path, format: str):
+    if format != NAME or layout.kind(run_dir) != "run":
+        return None
+    return state.retention(run_dir)

@@ -27,6 +27,24 @@ def read_yaml(path: Path) -> Any:
         raise CorruptInput(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
+DEFAULT_KEEP = 3  # moshi-finetune's TrainArgs default for num_ckpt_keep
+
+
+def retention(run_dir: Path) -> int | None:
+    """``num_ckpt_keep`` from the run's ``args.yaml`` (moshi-finetune's default, 3, where it is
+    left out); None without ``args.yaml`` or with ``num_ckpt_keep: null`` (keep them all)."""
+    path = run_dir / layout.ARGS
+    if not path.is_file():
+        return None
+    args = read_yaml(path)
+    keep = args.get("num_ckpt_keep", DEFAULT_KEEP) if isinstance(args, dict) else DEFAULT_KEEP
+    if keep is None:
+        return None
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise CorruptInput(f"{path}: num_ckpt_keep is {keep!r}, not a positive number of checkpoints")
+    return keep
+
+
 def read_optimizer(path: Path) -> tuple[OptimizerState, int | None]:
     """The optimizer state in ``optimizer_state.pt`` and the step it records."""
     data = torch_pickle.load(path)
