@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 
 import ckpt_core
-from ckpt_core import cli, safetensors_io
+from ckpt_core import atomic, cli, safetensors_io
 from ckpt_core.compare import differences
 from ckpt_core.errors import CkptError, DiskFull
 from ckpt_core.model import Checkpoint, TrainState
@@ -208,8 +208,9 @@ def link_copy(src: Path, dst: Path) -> None:
 
 
 def assert_leftovers_are_temporaries(folder: Path, pid: int, names: list[str]) -> None:
-    """Every hidden name in ``folder`` is the killed writer's temporary for one of ``names``."""
-    pattern = re.compile(rf"\.({'|'.join(map(re.escape, names))})\.tmp-{pid}-[0-9a-f]{{8}}")
+    """Every hidden name in ``folder`` is the killed writer's temporary for one of ``names``,
+    named with this host and its process id (so that only this host sweeps it)."""
+    pattern = re.compile(rf"\.({'|'.join(map(re.escape, names))})\.(tmp|old)-{re.escape(atomic.HOST)}-{pid}-[0-9a-f]{{8}}")
     assert all(pattern.fullmatch(name) for name in hidden(folder)), hidden(folder)
 
 
@@ -402,6 +403,9 @@ def test_crash_new_step_in_mlx_run_killed(tmp_path, sources, kill_log):
         outcomes["step 300 incomplete"] += any(e.step == 300 and not e.complete for e in entries)
         assert not differences(ckpt_core.load(run), new_ck if newest.step == 300 else old_ck)
         assert_leftovers_are_temporaries(run, pid, step_files)
+        if i % 2:  # a prune sweeps the killed writer's temporaries too (keeping every checkpoint)
+            ckpt_core.prune(run, 10)
+            assert hidden(run) == [] and digests(run) == now
         save_step(run, src, 300)  # the training loop, restarted, saves the step again
         assert digests(run) == new_files and hidden(run) == []
         assert ckpt_core.latest(run).step == 300
@@ -456,22 +460,27 @@ ALL_OPERATIONS = [c[0] for c in CONVERTS] + [o[0] for o in OVERWRITES] + ["new-s
 def test_crash_prune_finishes_what_killed_prunes_left(tmp_path, sources):
     """What a prune killed between the renames of one checkpoint's files leaves (its weights
     hidden, its state JSON still there) is neither listed nor latest; the next prune removes
-    it and the hidden leftovers of killed prunes, but no writer's temporary (a writer on
-    another host of a shared filesystem cannot be told from a dead one)."""
+    it, the hidden leftovers of killed prunes and the temporaries of dead writers on this
+    host, but no temporary of a live writer or of another host's (a process id means nothing
+    on another host of a shared filesystem)."""
     run = tmp_path / "run"
     mlx_run(run, sources["small"], [100, 200, 300])
     (run / "step_000100.safetensors").rename(run / ".step_000100.safetensors.deleting-0123abcd")
     (run / "step_000200_state.json").rename(run / ".step_000200_state.json.deleting-4567cdef")  # both hidden,
     (run / "step_000200.safetensors").unlink()  # one removed
-    writing = ".step_000400.safetensors.tmp-999999999-89abcdef"  # no such process here
-    (run / writing).mkdir()
-    (run / writing / "step_000400.safetensors").write_bytes(b"half")
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    killed = f".step_000400.safetensors.tmp-{atomic.HOST}-{dead}-89abcdef"  # a dead writer here: removed
+    writing = f".step_000400.safetensors.tmp-{atomic.HOST}x-{dead}-89abcdef"  # another host's: kept
+    live = f".step_000500.safetensors.tmp-{atomic.HOST}-{os.getpid()}-89abcdef"  # a live writer: kept
+    for name in (killed, writing, live):
+        (run / name).mkdir()
+        (run / name / "step_000400.safetensors").write_bytes(b"half")
 
     assert [e.step for e in ckpt_core.list_checkpoints(run)[1]] == [300]
     code, out, _ = cli_run(["ls", str(run)])
     assert code == 0 and "step_000100" not in out and "step_000300" in out
     ckpt_core.prune(run, 1)
-    assert sorted(p.name for p in run.iterdir()) == sorted([writing, "step_000300.safetensors", "step_000300_state.json"])
+    assert sorted(p.name for p in run.iterdir()) == sorted([writing, live, "step_000300.safetensors", "step_000300_state.json"])
 
 
 # -- a full disk ----------------------------------------------------------------------------------

@@ -120,8 +120,8 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
     reg = registry()
     spec = reg.spec(format)
     opts = check_options(spec, options)
-    check_destination(path, overwrite)
     atomic.check_apart(path, None, tensor_files(ck))
+    check_destination(path, overwrite)
     if cast:
         ck = transforms.cast(ck, cast)
     if merge_adapters:
@@ -144,8 +144,8 @@ def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any
     src, dst = _existing(src), Path(dst)
     reg = registry()
     target = reg.spec(to)
-    check_destination(dst, overwrite)
     atomic.check_apart(dst, src, ())
+    check_destination(dst, overwrite)
     source = reg.spec(resolve_format(src, from_format))
     options = dict(options or {})
     unknown = sorted(set(options) - set(source.options) - set(target.options))
