@@ -97,8 +97,8 @@ def inside(run_dir: Path, entries: list[RunEntry]) -> list[RunEntry]:
     for e in entries:
         outside = [p for p in (e.path, *e.paths) if root not in Path(os.path.realpath(p)).parents]
         if outside:
-            warnings.warn(f"{e.path}: not deleted: {outside[0]} leads to {os.path.realpath(outside[0])}, outside "
-                          f"{run_dir}; prune deletes only inside the run directory", CkptWarning, stacklevel=2)
+            warnings.warn(f"{outside[0]}: not deleted: it leads to {os.path.realpath(outside[0])}, outside {run_dir}; "
+                          f"prune deletes only inside the run directory", CkptWarning, stacklevel=2)
         else:
             kept.append(e)
     return kept

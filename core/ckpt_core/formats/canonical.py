@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import jsonfile, safetensors_io, tree
+from .. import files, jsonfile, safetensors_io, tree
 from ..dtypes import ALL_DTYPES
-from ..errors import CorruptInput
+from ..errors import CkptError, CorruptInput
 from ..hookspecs import hookimpl
 from ..model import CAPABILITIES, Adapter, Arch, Checkpoint, Detection, FormatSpec, Layout, TrainState
 from ..tensor import Tensor
@@ -55,8 +55,8 @@ def detect(path: Path):
     if not manifest.is_file():
         return None
     try:
-        head = json.loads(manifest.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, OSError, RecursionError):
+        head = json.loads(files.read_text(manifest, jsonfile.MAX_BYTES))
+    except (CkptError, ValueError, UnicodeDecodeError, OSError, RecursionError):
         return Detection(NAME, 0.3, f"{MANIFEST} is not valid JSON", path)
     if isinstance(head, dict) and head.get("format") == MAGIC:
         return Detection(NAME, 1.0, f"{MANIFEST} says {MAGIC} version {head.get('version')}", path)

@@ -14,7 +14,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from ckpt_core import Detection
+from ckpt_core import CkptError, Detection, files, jsonfile
 from ckpt_core import torch_pickle
 
 from . import forkfile, keys, peftdir
@@ -26,9 +26,7 @@ MARKS = re.compile(r"(\.main_weight\.|\.lora_A\.weight\Z|\Aattn_lora_rank\Z|\Aem
 def _pickle_strings(path: Path) -> set[str]:
     """The strings in a torch zip's ``data.pkl`` (empty for anything else)."""
     try:
-        if not path.is_file() or not zipfile.is_zipfile(path):
-            return set()
-        with zipfile.ZipFile(path) as z:
+        with files.open_regular(path) as f, zipfile.ZipFile(f) as z:
             pkls = [i for i in z.infolist() if i.filename.endswith("data.pkl")]
             if len(pkls) != 1 or pkls[0].file_size > MAX_PICKLE:
                 return set()
@@ -82,8 +80,8 @@ def detect_peft(path: Path) -> Detection | None:
     if not config_path.is_file():
         return None
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, OSError, RecursionError):
+        config = json.loads(files.read_text(config_path, jsonfile.MAX_BYTES))
+    except (CkptError, ValueError, UnicodeDecodeError, OSError, RecursionError):
         return Detection(peftdir.NAME, 0.3, f"{peftdir.CONFIG} is not valid JSON", path)
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         return None

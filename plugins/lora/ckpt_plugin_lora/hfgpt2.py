@@ -13,7 +13,7 @@ import json
 import warnings
 from pathlib import Path
 
-from ckpt_core import Arch, Checkpoint, CkptWarning, CorruptInput, Layout, graph, safetensors_io
+from ckpt_core import Arch, Checkpoint, CkptError, CkptWarning, CorruptInput, Layout, files, graph, jsonfile, safetensors_io
 
 from . import keys
 
@@ -27,8 +27,8 @@ CONFIG_KEYS = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "d_model", "n
 
 def _config(path: Path) -> dict | None:
     try:
-        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        config = json.loads(files.read_text(path / CONFIG, jsonfile.MAX_BYTES))
+    except (CkptError, OSError, ValueError, UnicodeDecodeError, RecursionError):
         return None
     return config if isinstance(config, dict) else None
 
