@@ -85,7 +85,15 @@ def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dic
     Return None when ``format`` is not yours. ``path`` does not exist yet: it is a
     temporary path with the destination's own name (in a hidden sibling directory) that the
     core fsyncs and renames into place afterwards, so create the file or directory there and
-    nothing anywhere else. The core has already refused what your FormatSpec cannot hold;
+    nothing anywhere else: never delete or change any other file.
+
+    What the core has guaranteed before calling you: the destination is not the source, a
+    folder holding it, a path inside it, or any file the read used (compared after links,
+    ``..`` and by inode; else DestinationIsSource, exit 12); an existing destination is
+    replaced only with ``overwrite`` and only if it is a regular file, an empty directory or
+    a checkpoint an installed format detects (never a device, FIFO, socket or a folder of
+    other files); the old one is removed only after yours is complete. So the tensors you
+    stream may be read from anywhere but ``path``. The core has already refused what your FormatSpec cannot hold;
     refuse anything else you would drop or change by raising LossyConversion naming it and
     the option that allows it. Stream: write tensor by tensor
     (``ckpt_core.safetensors_io.write_file`` copies file ranges kernel-side), never
