@@ -46,11 +46,16 @@ Mutation = tuple[str, str, Callable[[Path], None]]
 # -- valid examples ---------------------------------------------------------------------------
 
 
+class Hung(BaseException):
+    """What ``time_limit`` raises: a BaseException, so that no ``except Exception`` or
+    ``except OSError`` (TimeoutError is one) in the code under test can swallow it."""
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float, label: str = "the case"):
-    """Fail the case (TimeoutError) instead of hanging; SIGALRM, so main thread only."""
+    """Fail the case (Hung) instead of hanging; SIGALRM, so main thread only."""
     def alarm(signum, frame):
-        raise TimeoutError(f"{label}: took more than {seconds} s (hung?)")
+        raise Hung(f"{label}: took more than {seconds} s (hung?)")
 
     old = signal.signal(signal.SIGALRM, alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)

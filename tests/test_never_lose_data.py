@@ -23,7 +23,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -75,29 +74,10 @@ def snapshot(root: Path) -> dict[str, str]:
     return found
 
 
-class Hung(BaseException):
-    """Raised by the hang guard: a BaseException, so no ``except Exception`` (or ``except
-    OSError``, which catches TimeoutError) on the way can swallow it."""
-
-
-@contextlib.contextmanager
-def hang_guard(seconds: float, label: str):
-    def alarm(signum, frame):
-        raise Hung(f"{label}: took more than {seconds} s (blocked on a FIFO?)")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def cli_run(*argv) -> tuple[int, str, str]:
     """``ckpt-core ARGV`` in this process, under a hang guard: (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), hang_guard(20, " ".join(map(str, argv))):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), cases.time_limit(20, " ".join(map(str, argv))):
         try:
             cli.main([str(a) for a in argv])
         except SystemExit as e:

@@ -31,7 +31,6 @@ import re
 import secrets
 import shutil
 import socket
-import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
