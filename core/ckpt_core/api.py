@@ -162,9 +162,9 @@ def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any
 
 def check_destination(dst: Path, overwrite: bool) -> None:
     """Raise before any work if ``dst`` cannot be written: it exists and ``overwrite`` is not
-    given, or it is something ``overwrite`` never replaces. ``overwrite`` replaces a file (or a
-    link, which is replaced itself, never what it leads to, unless it leads to a device or
-    FIFO), an empty directory, or a directory an installed format recognises as a checkpoint."""
+    given, or it is something ``overwrite`` never replaces. ``overwrite`` replaces a file, an
+    empty directory, or a directory an installed format recognises as a checkpoint; a link is
+    judged by what it leads to, and only the link itself is replaced."""
     atomic.check_destination(dst, overwrite)
     try:
         mode = os.stat(dst).st_mode
@@ -244,8 +244,7 @@ def retention(run_dir: Path | str, format: str | None = None) -> int | None:
     """How many checkpoints the run keeps by its own config (moshi's ``num_ckpt_keep``), or
     None when its format records none."""
     name, _ = _run_entries(run_dir, format)
-    keep = _call(registry().hook.run_retention, name, run_dir=Path(run_dir))
-    return keep
+    return _call(registry().hook.run_retention, name, run_dir=Path(run_dir))
 
 
 def prune(run_dir: Path | str, keep: int | None = None, format: str | None = None, dry_run: bool = False) -> list[RunEntry]:
@@ -258,8 +257,7 @@ def prune(run_dir: Path | str, keep: int | None = None, format: str | None = Non
     if keep is None:
         keep = retention(run_dir, name)
         if keep is None:
-            raise UsageError(f"{run_dir}: the run records no retention ({name!r} runs keep no such setting); "
-                             f"pass --keep N")
+            raise UsageError(f"{run_dir}: the run records no retention (how many checkpoints to keep); pass --keep N")
     doomed = rundir.inside(Path(run_dir), rundir.to_prune(rundir.visible(entries), keep))
     if not dry_run:
         rundir.sweep(Path(run_dir), entries)

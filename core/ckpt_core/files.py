@@ -6,9 +6,8 @@ without blocking and refuses, in one line naming what the path is, anything but 
 file. Links are followed (a Hugging Face cache links every file to a blob): what counts is
 what the link leads to.
 
-While ``recording()`` is active, every file checked or opened here (and every file a lazy
-tensor is built over, ``tensor.Tensor.from_file``) is noted, so that the core can refuse a
-destination that is a file the read used (``api``).
+While ``recording()`` is active, every file checked or opened here is noted, so that the
+core can refuse a destination that is a file the read used (``api.convert``).
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ from .errors import CorruptInput, NotFound
 _used: contextvars.ContextVar[set[Path] | None] = contextvars.ContextVar("ckpt_core_files_used", default=None)
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"),
-          (stat.S_ISREG, "a regular file"))
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"))
 
 
 def kind(mode: int) -> str:
