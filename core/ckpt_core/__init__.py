@@ -9,7 +9,7 @@
 Plugins implement the hooks in ``ckpt_core.hookspecs`` with ``@ckpt_core.hookimpl``.
 """
 
-from .api import convert, detect, diff, latest, list_checkpoints, load, prune, save, train_state
+from .api import convert, detect, diff, latest, list_checkpoints, load, prune, retention, save, train_state
 from .errors import (CkptError, CkptWarning, CorruptInput, DestinationExists, DestinationIsSource, DiskFull, LossyConversion, NotFound,
                      PluginError, UnknownFormat, UnsafeInput, UsageError)
 from .hookspecs import hookimpl
@@ -18,7 +18,7 @@ from .schema import FamilySchema, TensorRule
 from .tensor import Tensor
 
 __all__ = [
-    "convert", "detect", "diff", "latest", "list_checkpoints", "load", "prune", "save", "train_state",
+    "convert", "detect", "diff", "latest", "list_checkpoints", "load", "prune", "retention", "save", "train_state",
     "CkptError", "CkptWarning", "CorruptInput", "DestinationExists", "DestinationIsSource", "DiskFull", "LossyConversion", "NotFound",
     "PluginError", "UnknownFormat", "UnsafeInput", "UsageError", "hookimpl",
     "Adapter", "Arch", "Checkpoint", "Detection", "FormatSpec", "Layout", "OptimizerState", "RunEntry",
