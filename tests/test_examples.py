@@ -23,12 +23,25 @@ def needs_plugins():
 
 
 def test_shipped_checkpoint_is_what_its_script_makes():
+    """The shipped file has the structure its script makes, and every part but the floats
+    one AdamW step computes is equal. Those floats depend on the CPU's kernels (the last bit
+    differs between machines), so they are compared to rounding, not bit for bit."""
     from make_tiny_nanogpt import checkpoint
 
     made, shipped = checkpoint(), torch.load(EXAMPLES / "tiny-nanogpt" / "ckpt.pt", weights_only=True)
     assert list(made) == list(shipped) and list(made["model"]) == list(shipped["model"])
-    assert all(torch.equal(made["model"][k], shipped["model"][k]) for k in made["model"])
+    assert {k: v for k, v in made.items() if k not in ("model", "optimizer", "best_val_loss")} == \
+        {k: v for k, v in shipped.items() if k not in ("model", "optimizer", "best_val_loss")}
+    assert torch.equal(made["best_val_loss"], shipped["best_val_loss"])
     assert made["optimizer"]["param_groups"] == shipped["optimizer"]["param_groups"]
+    pairs = [(made["model"][k], shipped["model"][k]) for k in made["model"]]
+    pairs += [(made["optimizer"]["state"][i][slot], v) for i, s in shipped["optimizer"]["state"].items() for slot, v in s.items()]
+    assert list(made["optimizer"]["state"]) == list(shipped["optimizer"]["state"])
+    for ours, theirs in pairs:
+        assert (ours.dtype, ours.shape) == (theirs.dtype, theirs.shape)
+        assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-9)
+    tied = shipped["model"]["_orig_mod.lm_head.weight"], shipped["model"]["_orig_mod.transformer.wte.weight"]
+    assert tied[0].untyped_storage().data_ptr() == tied[1].untyped_storage().data_ptr()
 
 
 def test_nanogpt_example_through_mlx_and_back_is_exact(tmp_path):
