@@ -270,8 +270,9 @@ def _warn_if_activation_differs(ck: Checkpoint) -> None:
 def write(ck: Checkpoint, path: Path) -> None:
     """Write ``ck`` as the fork's ``ckpt.pt`` at ``path``."""
 
-    facts = ck.layout.facts if ck.layout.format == NAME else {}
-    merged_variant = ck.layout.format == NAME and ck.layout.variant == "merged" and not ck.adapters
+    own = ck.layout.of(NAME)
+    facts = own.facts if own else {}
+    merged_variant = own is not None and own.variant == "merged" and not ck.adapters
     names = ck.names()
     for base, ad in ck.adapters.items():
         if keys.module_of(base) is None:
@@ -442,7 +443,8 @@ def _checked_optimizer(ck: Checkpoint, facts: dict) -> OptimizerState | None:
     shapes = {n: ck.tensor(n).shape for n in ck.names()}
     for base, ad in ck.adapters.items():
         shapes[base + "::lora_a"], shapes[base + "::lora_b"] = ad.a.shape, ad.b.shape
-    allowed = set(facts.get("lora_params", [])) if ck.layout.variant == "merged" else set()
+    own = ck.layout.of(NAME)
+    allowed = set(facts.get("lora_params", [])) if own is not None and own.variant == "merged" else set()
     used = [*opt.param_state, *(n for g in opt.groups for n in g.get("params", []))]
     unknown = sorted({n for n in used if n not in shapes and n not in allowed})
     wrong = sorted({n for n, slots in opt.param_state.items() if n in shapes for v in slots.values()

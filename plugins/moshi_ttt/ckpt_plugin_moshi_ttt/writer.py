@@ -48,9 +48,10 @@ def unattached_lora(ck: Checkpoint) -> list[str]:
 def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
     """Write ``ck`` at ``path`` (which does not exist yet)."""
     init_state = _flag(options, "init_state")
+    own = ck.layout.of(reader.NAME)
     default_layout = ("consolidated" if path.name == layout.CONSOLIDATED or init_state else
                       "checkpoint" if layout.STEP.match(path.name) else
-                      ck.layout.variant if ck.layout.format == reader.NAME else
+                      own.variant if own is not None else
                       "run" if ck.train_state is not None else "consolidated")  # no state: no step to invent
     where = _choice(options, "layout", LAYOUTS, default_layout)
     weights = _choice(options, "weights", ("full", "lora"), "lora" if unattached_lora(ck) else "full")
@@ -142,7 +143,8 @@ def _full(ck: Checkpoint) -> tuple[dict[str, Tensor], dict[str, Any]]:
 def _lora(ck: Checkpoint, drop_frozen: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
     _check_ties(ck)
     layers = keys.ttt_layers(ck.names())
-    trained = ck.layout.facts.get("trained") if ck.layout.format == reader.NAME else None
+    own = ck.layout.of(reader.NAME)
+    trained = own.facts.get("trained") if own is not None else None
     if trained is None:
         trained = [n for n in ck.names() if keys.TTT_LAYER.match(n) and not keys.ALIAS.match(n)]
     keep = set(trained) | set(unattached_lora(ck)) | {a for a, t in ck.ties.items() if t.endswith((keys.LORA_A, keys.LORA_B))}

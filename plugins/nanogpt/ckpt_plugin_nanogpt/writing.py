@@ -55,15 +55,16 @@ def write(ck: Checkpoint, path: Path, fmt: str, options: dict[str, Any]) -> None
         named = {n: t for n, t in named.items() if n not in unmapped}
     shapes = {n: t.shape for n, t in named.items()}
 
+    own = ck.layout.of(*KINDS)  # this plugin's layout, as the source was or as an earlier file recorded it
     prefix_flag = flag(options, "orig_mod_prefix")
     if prefix_flag is None:
-        prefix = ck.layout.facts.get("prefix", "") if ck.layout.format in KINDS else (PREFIX if kind.family == "modded-gpt" else "")
+        prefix = own.facts.get("prefix", "") if own else (PREFIX if kind.family == "modded-gpt" else "")
     else:
         prefix = PREFIX if prefix_flag else ""
     model = {prefix + key: t for key, t in upstream.items()}
 
     bare = flag(options, "bare")
-    want_bare = bare if bare is not None else (ck.layout.format in KINDS and ck.layout.facts.get("variant") == "bare")
+    want_bare = bare if bare is not None else (own is not None and own.facts.get("variant") == "bare")
     top = _top(ck, kind, shapes, untie(named)[0], want_bare)
     if want_bare and top:
         if bare:
@@ -79,7 +80,8 @@ def _top(ck: Checkpoint, kind: Kind, shapes: dict, stored: dict, bare: bool) -> 
     leftovers: dict[str, Any] = {}
     margs: dict[str, Any] = {}
     if kind.family == "gpt":
-        known = ck.layout.facts.get("model_args_keys") if ck.layout.format == "nanogpt" else None
+        nanogpt = ck.layout.of("nanogpt")
+        known = nanogpt.facts.get("model_args_keys") if nanogpt else None
         margs = params.model_args(ck.arch.params, known)
         found = params.gpt_params(shapes, None if bare else margs)
     else:
