@@ -2,6 +2,7 @@
 
 - ``triples()``: every ordered pair (A, B) of installed formats, A != B, with every family
   both hold, computed from the registry: a new plugin adds rows with no edit.
+- ``KEEPS_LAYOUTS``: the formats whose files record the source's layout.
 - ``destination(format)``: a path name each format's writer accepts (a directory name for
   any format not in the table).
 - ``source_checkpoints(format, family)``: canonical checkpoints format A can hold as they
@@ -36,6 +37,10 @@ DESTINATIONS = {
     "moshi": "run",
 }
 DEFAULT_DESTINATION = "out"
+
+# Formats whose files have room for metadata and record the layouts a checkpoint was in
+# before (``Layout.trail``): A -> B -> A through one of them gives A's layout back.
+KEEPS_LAYOUTS = {"canonical", "safetensors", "mlx", "peft"}
 
 _CROSSING = ("{format} writes a {family} checkpoint as the other family (a crossing refused without "
              "--option fill_missing / drop_unmapped), so it never reads back as {family}")

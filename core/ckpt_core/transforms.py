@@ -23,8 +23,9 @@ def merged_weight(weight: Tensor, adapter: Adapter) -> Tensor:
         raise UsageError(f"cannot merge an adapter into a {weight.dtype} weight")
 
     def compute() -> np.ndarray:
-        delta = adapter.b.to_float32() @ adapter.a.to_float32()
-        total = weight.to_float32() + np.float32(adapter.scale) * delta
+        with np.errstate(over="ignore", invalid="ignore"):  # IEEE infinities and NaNs, as torch computes them
+            delta = adapter.b.to_float32() @ adapter.a.to_float32()
+            total = weight.to_float32() + np.float32(adapter.scale) * delta
         return dtypes.from_float32(total, weight.dtype)
 
     return Tensor.from_loader(weight.dtype, weight.shape, compute)

@@ -51,8 +51,8 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
     own = ck.layout.of(reader.NAME)
     default_layout = ("consolidated" if path.name == layout.CONSOLIDATED or init_state else
                       "checkpoint" if layout.STEP.match(path.name) else
-                      own.variant if own is not None else
-                      "run" if ck.train_state is not None else "consolidated")  # no state: no step to invent
+                      "consolidated" if ck.train_state is None else  # no state: no step to invent
+                      own.variant if own is not None else "run")
     where = _choice(options, "layout", LAYOUTS, default_layout)
     weights = _choice(options, "weights", ("full", "lora"), "lora" if unattached_lora(ck) else "full")
     naming = _choice(options, "naming", ("current", "legacy"), "current")
