@@ -146,6 +146,8 @@ def read(path: Path, alpha: float | None = None) -> Checkpoint:
         "lora_only": lora_only,
         "param_names": isinstance(param_names, list),
     }
+    if top.get("optimizer", ...) in (None, {}):  # saved as "nothing": written back so while no state fills it
+        facts["no_optimizer"] = {k: top[k] for k in ("optimizer", "param_names") if k in top}
     if variant == "merged" and isinstance(param_names, list):
         canonical = _canonical_param(ext_adapters)
         facts["lora_params"] = [n for n, _ in map(canonical, param_names) if "::" in n]  # adapters the save merged away
@@ -187,7 +189,7 @@ def _train_state(path: Path, top: dict, ext: dict, state: dict, ties: dict) -> T
     if not any(k in top for k in slots) and "train_state" not in ext:
         return None
     opt = None
-    if isinstance(top.get("optimizer"), dict):
+    if isinstance(top.get("optimizer"), dict) and top["optimizer"]:  # {} or None: no optimizer state
         sd = top["optimizer"]
         names = top.get("param_names")
         if not isinstance(names, list):
@@ -323,6 +325,8 @@ def write(ck: Checkpoint, path: Path) -> None:
 
     top: dict[str, Any] = {"model": state}
     _write_train_state(ck, facts, top, ext, lora_modules, state, prefix)
+    if "optimizer" not in top:
+        top.update(facts.get("no_optimizer", {}))
     top["model_args"] = model_args
     order = facts.get("top_keys") or ["model", "optimizer", "model_args", "iter_num", "best_val_loss", "config", "param_names"]
     out = {k: top[k] for k in order if k in top}

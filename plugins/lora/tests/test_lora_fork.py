@@ -309,3 +309,21 @@ def test_through_canonical_and_back_is_the_same_file(fork, tmp_path, name):
     assert a["param_names"] == b["param_names"] and a["model_args"] == b["model_args"] and a["config"] == b["config"]
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     assert all(torch.equal(v, b["optimizer"]["state"][p][k]) for p, s in a["optimizer"]["state"].items() for k, v in s.items())
+
+
+@pytest.mark.parametrize("empty", [{}, None])
+def test_empty_optimizer_means_no_state_and_is_written_back(fork, tmp_path, empty):
+    """The fork's dict with the optimizer saved as {} or None: no optimizer state, no
+    warning, and the same dict written back (directly and through MLX)."""
+    ckpt = {**torch.load(fork["dir"] / "lora.pt", weights_only=True), "optimizer": empty}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CkptWarning)
+        ck = api.load(tmp_path / "ckpt.pt")
+        assert ck.train_state.optimizer is None and ck.train_state.step == 3
+        api.save(ck, tmp_path / "back.pt", "lora-nanogpt")
+        api.save(ck, tmp_path / "canon", "canonical")
+        api.convert(tmp_path / "canon", tmp_path / "back-canon.pt", "lora-nanogpt")
+    for name in ("back.pt", "back-canon.pt"):
+        back = torch.load(tmp_path / name, weights_only=True)
+        assert list(back) == list(ckpt) and back["optimizer"] == empty and back["param_names"] == ckpt["param_names"]

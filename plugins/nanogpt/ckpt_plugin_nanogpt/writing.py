@@ -88,7 +88,11 @@ def _top(ck: Checkpoint, kind: Kind, shapes: dict, stored: dict, bare: bool) -> 
         found = params.modded_params(shapes, kind.layout)
     if tree_differences(found, ck.arch.params, "arch"):
         leftovers["arch"] = ck.arch.params
-    top = _nanogpt_top(ck, stored, margs, leftovers) if kind.family == "gpt" else _modded_top(ck, kind, leftovers)
+    if kind.family == "gpt":
+        nanogpt = ck.layout.of("nanogpt")
+        top = _nanogpt_top(ck, stored, margs, leftovers, nanogpt.facts.get("empty", {}) if nanogpt else {})
+    else:
+        top = _modded_top(ck, kind, leftovers)
     if bare:
         top.pop("model_args", None)
     if leftovers:
@@ -120,7 +124,9 @@ def _unstated(ts: TrainState, fields: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def _nanogpt_top(ck: Checkpoint, stored: dict, margs: dict, leftovers: dict) -> dict:
+def _nanogpt_top(ck: Checkpoint, stored: dict, margs: dict, leftovers: dict, empty: dict) -> dict:
+    """The nanoGPT dict's entries; ``empty``: the source's keys that held {} or None, written
+    back as they were where the training state still has nothing for them."""
     top: dict[str, Any] = {"model_args": margs}
     ts = ck.train_state
     if ts is not None:
@@ -141,6 +147,7 @@ def _nanogpt_top(ck: Checkpoint, stored: dict, margs: dict, leftovers: dict) -> 
             top["config"] = ts.config
         if stated or "iter_num" not in top:
             leftovers["train_state"] = stated
+    top.update((k, v) for k, v in empty.items() if k not in top)
     if ck.extra:
         leftovers["extra"] = ck.extra
     return top
