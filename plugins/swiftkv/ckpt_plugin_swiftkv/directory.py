@@ -28,7 +28,7 @@ def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
     if found is None:
         raise CorruptInput(f"{path / hfdir.CONFIG}: model_type {config.get('model_type')!r} is not llama, qwen2 or qwen3 "
                            "(or a *_swiftkv student of one)")
-    tensors, kind = hfdir.open_weights(path)
+    tensors, kind, ignored = hfdir.open_weights(path)
     ties = dict(cfg.TIE) if (config.get("tie_word_embeddings") is True and cfg.LM_HEAD not in tensors
                              and cfg.EMBED in tensors) else {}
     params = cfg.params_from_config(config)
@@ -44,7 +44,7 @@ def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
             params = cfg.ordered({**params, "num_key_value_layers": plan.num_kv_layers, "key_value_group_size": plan.group_size})
         kv_sharing, trainable = plan.kv_sharing(), swiftkv.trainable(tensors)
     ck = Checkpoint(arch=Arch(found[0], params), tensors=tensors, ties=ties, kv_sharing=kv_sharing, trainable=trainable,
-                    layout=Layout(fmt, plan.variant if plan else kind, {"weights": kind}))
+                    layout=Layout(fmt, plan.variant if plan else kind, {"weights": kind, **({"ignored": ignored} if ignored else {})}))
     kept = {"config": cfg.carried(config, cfg.derived(ck, plan)), "files": hfdir.carried_files(path)}
     kept = {k: v for k, v in kept.items() if v}
     return ck.evolve(extra={fmt: kept} if kept else {})

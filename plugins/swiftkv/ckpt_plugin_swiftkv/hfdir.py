@@ -1,9 +1,12 @@
 """Hugging Face model directories on disk: config.json, weight files, the other files.
 
-Reading follows whatever the directory has: ``model.safetensors``, shards through
-``model.safetensors.index.json`` (its ``weight_map``, whatever the shard names),
-``pytorch_model.bin`` or its shards through ``pytorch_model.bin.index.json`` (loaded with
-``weights_only`` and mmap: nothing runs, nothing is read until used). Writing always
+Reading takes the weights transformers' ``from_pretrained`` takes, in its order (5.x,
+``_get_resolved_checkpoint_files``): ``model.safetensors``, then
+``model.safetensors.index.json`` (its ``weight_map``, whatever the shard names), then
+``pytorch_model.bin``, then ``pytorch_model.bin.index.json`` (pickles read by the inert
+scanner: nothing runs, nothing is read until used); only when none of
+those is there, another lone ``*.safetensors`` file or index. Weight files outside the chosen
+set are ignored (not read, not carried) and named by ``ignored`` (``inspect`` lists them). Writing always
 produces HF-standard safetensors shards with metadata ``{"format": "pt"}`` and an index
 when there are several. Every other top-level file (tokenizer, generation config,
 ``training_args.bin``) is carried unopened, as a lazy U8 tensor over the file's bytes: a
@@ -41,21 +44,31 @@ def read_config(directory: Path) -> dict:
     return jsonfile.read_object(path)
 
 
+# transformers' order (from_pretrained): the first of these that is a file holds the weights
+PRECEDENCE = ((SAFETENSORS, "safetensors"), (f"model{INDEX_SUFFIX}", "safetensors"), (BIN, "bin"), (BIN_INDEX, "bin"))
+
+
 def weights(directory: Path) -> tuple[str, Path] | None:
     """Which weights the directory has: ("safetensors" | "bin", the index or single file)."""
+    for name, kind in PRECEDENCE:
+        if (directory / name).is_file():
+            return kind, directory / name
     index = find_index(directory)
     if index is not None:
         return "safetensors", index
-    single = directory / SAFETENSORS
     found = sorted(p for p in directory.glob("*.safetensors") if p.is_file())
-    if single.is_file() or len(found) == 1:
-        return "safetensors", single if single.is_file() else found[0]
-    if found:
+    if len(found) > 1:
         raise CorruptInput(f"{directory}: {len(found)} .safetensors files and no *{INDEX_SUFFIX} to say how they join")
-    for name in (BIN_INDEX, BIN):
-        if (directory / name).is_file():
-            return "bin", directory / name
-    return None
+    return ("safetensors", found[0]) if found else None
+
+
+def ignored(directory: Path, chosen: Path) -> list[str]:
+    """The directory's weight files that are not ``chosen`` (an index and its shards, or one
+    file), by name: what a reader of ``chosen`` leaves alone."""
+    used = {chosen.name}
+    if chosen.name.endswith(".json"):
+        used |= {p.name for p in read_index(chosen)[0].values()}
+    return sorted(p.name for p in directory.iterdir() if is_weight_file(p.name) and p.name not in used and p.is_file())
 
 
 def no_weights(directory: Path) -> NotFound:
@@ -76,12 +89,17 @@ def tensor_names(directory: Path) -> list[str] | None:
     return None
 
 
-def open_weights(directory: Path) -> tuple[dict[str, Tensor], str]:
-    """Lazy tensors of the directory's weights and which kind they are."""
+def open_weights(directory: Path) -> tuple[dict[str, Tensor], str, list[str]]:
+    """Lazy tensors of the directory's weights, which kind they are, and the weight files
+    ignored beside them."""
     found = weights(directory)
     if found is None:
         raise no_weights(directory)
     kind, path = found
+    return *_open(path, kind), ignored(directory, path)
+
+
+def _open(path: Path, kind: str) -> tuple[dict[str, Tensor], str]:
     if kind == "safetensors":
         return (open_sharded(path)[0] if path.name.endswith(".json") else open_file(path)[0]), kind
     if path.name == BIN:
