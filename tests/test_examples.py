@@ -1,5 +1,7 @@
 """The README's first conversion: the shipped nanoGPT example through MLX and back."""
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,3 +62,51 @@ def test_nanogpt_example_through_mlx_and_back_is_exact(tmp_path):
     assert torch.equal(a["best_val_loss"], b["best_val_loss"])
     tied = b["model"]["_orig_mod.lm_head.weight"], b["model"]["_orig_mod.transformer.wte.weight"]
     assert tied[0].untyped_storage().data_ptr() == tied[1].untyped_storage().data_ptr()
+
+
+# A Python with torch not importable: the import system refuses it, as on a laptop without it.
+NO_TORCH = """
+import sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, NoTorch())
+from ckpt_core.cli import main
+main(sys.argv[1:])
+"""
+
+
+def without_torch(*args) -> subprocess.CompletedProcess:
+    """``ckpt-core ARGS`` in a fresh Python where ``import torch`` fails."""
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True)
+
+
+def test_the_example_goes_through_mlx_and_back_without_torch(tmp_path):
+    """The plugins need torch only for what the scanner cannot read: the README's
+    conversion runs where torch cannot be imported, and gives the same dict back."""
+    source = EXAMPLES / "tiny-nanogpt" / "ckpt.pt"
+    listed = without_torch("plugins", "--json")
+    assert listed.returncode == 0, listed.stderr
+    plugins_found = {p["name"]: p["error"] for p in json.loads(listed.stdout)["plugins"]}
+    assert {"nanogpt", "lora", "mlx", "swiftkv", "moshi_ttt"} <= set(plugins_found), plugins_found
+    assert not any(plugins_found.values()), plugins_found  # every plugin loads without torch
+    for args in (("convert", source, tmp_path / "mlx", "--to", "mlx"), ("convert", tmp_path / "mlx", tmp_path / "back.pt", "--to", "nanogpt"),
+                 ("diff", source, tmp_path / "back.pt"), ("inspect", source)):
+        done = without_torch(*args)
+        assert done.returncode == 0 and done.stderr == "", (args, done.stderr)
+    a, b = (torch.load(p, weights_only=True) for p in (source, tmp_path / "back.pt"))
+    assert list(a) == list(b) and list(a["model"]) == list(b["model"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_what_needs_torch_says_so_in_one_line_without_it(tmp_path):
+    legacy = tmp_path / "ckpt.pt"
+    torch.save(torch.load(EXAMPLES / "tiny-nanogpt" / "ckpt.pt", weights_only=True), legacy,
+               _use_new_zipfile_serialization=False)  # torch's pre-1.6 format: only torch's unpickler reads it
+    done = without_torch("convert", legacy, tmp_path / "out", "--to", "mlx", "--from", "nanogpt")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "needs torch, which is not installed: pip install torch" in done.stderr and "[torch]" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ import attrs
 
 from ckpt_core import dtypes as dtype_table
 from ckpt_core import Adapter, Checkpoint, CkptWarning, Tensor, UsageError
-from ckpt_core.torch_io import TORCH_DTYPES, from_torch
+from ckpt_core.torch_io import TORCH_DTYPES, from_torch, import_torch
 from ckpt_core.transforms import merge_adapters
 
 from . import keys
@@ -60,7 +60,7 @@ def targets_of(ck: Checkpoint, targets: list[str]) -> list[str]:
 
 def fresh(weight: Tensor, kind: str, rank: int, alpha: float, init: str, gen) -> Adapter:
     """A new adapter on ``weight`` [out, in]: A random (seeded ``gen``), B zeros."""
-    import torch
+    torch = import_torch("fresh adapters (the fork's seeded initialisation)")
 
     out, inp = weight.shape
     dtype = getattr(torch, TORCH_DTYPES[weight.dtype])
@@ -77,7 +77,7 @@ def fresh(weight: Tensor, kind: str, rank: int, alpha: float, init: str, gen) ->
 
 def add_fresh(ck: Checkpoint, names: list[str], rank: int, alpha: float, init: str, seed: int) -> Checkpoint:
     """``ck`` with fresh adapters of ``rank`` on ``names`` (in order, one seeded generator)."""
-    import torch
+    torch = import_torch("fresh adapters (the fork's seeded initialisation)")
 
     if init not in ("kaiming", "normal"):
         raise UsageError(f"init must be kaiming or normal, not {init!r}")
