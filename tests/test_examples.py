@@ -1,6 +1,7 @@
 """The README's first conversion: the shipped nanoGPT example through MLX and back."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,25 @@ def test_what_needs_torch_says_so_in_one_line_without_it(tmp_path):
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
     assert "needs torch, which is not installed: pip install torch" in done.stderr and "[torch]" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not os.environ.get("CKPT_CORE_FRESH_VENV"), reason="builds a fresh venv from the package index "
+                    "(about 60 s): set CKPT_CORE_FRESH_VENV=1")
+def test_a_fresh_venv_without_torch_converts_the_example(tmp_path):
+    """Issue 16's proof as a user meets it: pip install ./ ./plugins/nanogpt ./plugins/mlx into
+    a new venv installs no torch, and the README's conversion there comes back bit for bit."""
+    root, venv = EXAMPLES.parent, tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    pip = subprocess.run([venv / "bin" / "pip", "install", "-q", root, root / "plugins" / "nanogpt", root / "plugins" / "mlx"],
+                         capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
+    python = venv / "bin" / "python"
+    assert subprocess.run([python, "-c", "import torch"], capture_output=True).returncode != 0  # no torch came with them
+    source = EXAMPLES / "tiny-nanogpt" / "ckpt.pt"
+    for args in (("convert", source, tmp_path / "mlx", "--to", "mlx"), ("convert", tmp_path / "mlx", tmp_path / "back.pt", "--to", "nanogpt"),
+                 ("diff", source, tmp_path / "back.pt")):
+        done = subprocess.run([venv / "bin" / "ckpt-core", *map(str, args)], capture_output=True, text=True)
+        assert done.returncode == 0, (args, done.stderr)
+    a, b = (torch.load(p, weights_only=True) for p in (source, tmp_path / "back.pt"))
+    assert list(a) == list(b) and list(a["model"]) == list(b["model"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
