@@ -46,20 +46,43 @@ def to_json(ck: Checkpoint, where: str, format: str) -> str:
         "kv_sharing": {str(k): v for k, v in ck.kv_sharing.items()},
         "trainable": list(ck.trainable) if ck.trainable is not None else None,
     }
-    layouts = [encoded for encoded in map(_layout_json, ck.layout.trail(format)) if encoded is not None]
+    layouts = _layouts_data(ck, format)
     if layouts:
         data["layouts"] = layouts
     return json.dumps(data, separators=(",", ":"))
 
 
-def _layout_json(layout: Layout) -> dict | None:
-    """A layout as JSON, or None when its facts hold tensors (layout facts are hints for
-    writing files back, not checkpoint content: such a layout is not recorded)."""
+def layouts_to_json(ck: Checkpoint, format: str) -> str | None:
+    """The layouts a file of ``format`` records (``Layout.trail``) as compact JSON, for
+    formats whose metadata has room for them but not for a graph; None when there are none."""
+    layouts = _layouts_data(ck, format)
+    return json.dumps(layouts, separators=(",", ":")) if layouts else None
+
+
+def layouts_from_json(text: str, where: str) -> tuple[Layout, ...]:
+    """The layouts ``layouts_to_json`` wrote; CorruptInput naming ``where`` if malformed."""
     try:
-        facts, tensors = tree.encode(layout.facts)
-    except TypeError:
-        return None
-    return None if tensors else {"format": layout.format, "variant": layout.variant, "facts": facts}
+        return _layouts(json.loads(text))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise CorruptInput(f"{where} is malformed ({type(e).__name__}: {e})") from None
+
+
+def _layouts_data(ck: Checkpoint, format: str) -> list[dict]:
+    """JSON data of the layouts a file of ``format`` records. A layout whose facts hold
+    tensors is left out: layout facts are hints for writing files back, not content."""
+    found = []
+    for layout in ck.layout.trail(format):
+        try:
+            facts, tensors = tree.encode(layout.facts)
+        except TypeError:
+            continue
+        if not tensors:
+            found.append({"format": layout.format, "variant": layout.variant, "facts": facts})
+    return found
+
+
+def _layouts(data: list) -> tuple[Layout, ...]:
+    return tuple(Layout(str(e["format"]), str(e["variant"]), dict(tree.decode(e["facts"], {}))) for e in data)
 
 
 def from_json(text: str, where: str) -> Graph:
@@ -71,8 +94,7 @@ def from_json(text: str, where: str) -> Graph:
             ties=dict(g["ties"]),
             kv_sharing={int(k): v for k, v in g.get("kv_sharing", {}).items()},
             trainable=tuple(g["trainable"]) if g["trainable"] is not None else None,
-            layouts=tuple(Layout(str(e["format"]), str(e["variant"]), dict(tree.decode(e["facts"], {})))
-                          for e in g.get("layouts", [])),
+            layouts=_layouts(g.get("layouts", [])),
         )
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise CorruptInput(f"{where} is malformed ({type(e).__name__}: {e})") from None

@@ -89,21 +89,26 @@ def tensor_names(directory: Path) -> list[str] | None:
     return None
 
 
-def open_weights(directory: Path) -> tuple[dict[str, Tensor], str, list[str]]:
-    """Lazy tensors of the directory's weights, which kind they are, and the weight files
-    ignored beside them."""
+def open_weights(directory: Path) -> tuple[dict[str, Tensor], str, list[str], dict[str, str]]:
+    """Lazy tensors of the directory's weights, which kind they are, the weight files
+    ignored beside them, and the (first) safetensors file's metadata."""
     found = weights(directory)
     if found is None:
         raise no_weights(directory)
     kind, path = found
-    return *_open(path, kind), ignored(directory, path)
-
-
-def _open(path: Path, kind: str) -> tuple[dict[str, Tensor], str]:
+    tensors = _open(path, kind)
+    metadata = {}
     if kind == "safetensors":
-        return (open_sharded(path)[0] if path.name.endswith(".json") else open_file(path)[0]), kind
+        first = path if not path.name.endswith(".json") else next(iter(sorted(set(read_index(path)[0].values()))), None)
+        metadata = dict(read_header(first)[1] or {}) if first is not None else {}
+    return tensors, kind, ignored(directory, path), metadata
+
+
+def _open(path: Path, kind: str) -> dict[str, Tensor]:
+    if kind == "safetensors":
+        return open_sharded(path)[0] if path.name.endswith(".json") else open_file(path)[0]
     if path.name == BIN:
-        return _bin_tensors(path), kind
+        return _bin_tensors(path)
     weight_map, _ = read_index(path)
     tensors: dict[str, Tensor] = {}
     for shard in sorted(set(weight_map.values()), key=lambda p: p.name):
@@ -115,7 +120,7 @@ def _open(path: Path, kind: str) -> tuple[dict[str, Tensor], str]:
     missing = [n for n in weight_map if n not in tensors]
     if missing:
         raise CorruptInput(f"{path}: index puts {missing[0]!r} in {weight_map[missing[0]].name}, which has no such tensor")
-    return tensors, kind
+    return tensors
 
 
 def _bin_tensors(path: Path) -> dict[str, Tensor]:
@@ -132,15 +137,16 @@ def carried_files(directory: Path) -> dict[str, Tensor]:
 
 
 def write(directory: Path, tensors: dict[str, Tensor], config: dict, files: dict[str, Tensor | bytes],
-          max_shard_size: int | str) -> None:
-    """Write a model directory at ``directory`` (which must not exist yet)."""
+          max_shard_size: int | str, metadata: dict[str, str]) -> None:
+    """Write a model directory at ``directory`` (which must not exist yet); every shard's
+    metadata is ``{"format": "pt"}`` and ``metadata``."""
     for name in files:
         if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
             raise UnsafeInput(f"carried file name {name!r} is not a plain file name")
         if name == CONFIG or is_weight_file(name):
             raise CorruptInput(f"carried file {name!r} would clash with the weights or config this writes")
     directory.mkdir()
-    write_sharded(directory, tensors, max_shard_size, metadata={"format": "pt"})
+    write_sharded(directory, tensors, max_shard_size, metadata={"format": "pt", **metadata})
     write_bytes(directory / CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     for name, data in files.items():
         if isinstance(data, Tensor):
