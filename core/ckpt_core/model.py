@@ -133,9 +133,10 @@ class Layout:
         return next((layout for layout in (self, *self.earlier) if layout.format in formats), None)
 
     def trail(self, format: str) -> tuple[Layout, ...]:
-        """The layouts a file of ``format`` records: all of them, or where ``format`` is among
-        them, those before its newest (its own files hold its facts; what came after it was
-        made from them), so that writing A again writes what A's files recorded."""
+        """The layouts a file of ``format`` records, newest first: all of them, or where
+        ``format`` is among them, only those older than its newest (its own files hold its
+        facts; the newer ones were made from them), so that writing A again writes what A's
+        files recorded."""
         chain = [attrs.evolve(layout, earlier=()) for layout in (self, *self.earlier) if layout.format]
         own = next((i for i, layout in enumerate(chain) if layout.format == format), None)
         return tuple(chain if own is None else chain[own + 1:])

@@ -4,10 +4,10 @@ Reading takes the weights transformers' ``from_pretrained`` takes, in its order 
 ``_get_resolved_checkpoint_files``): ``model.safetensors``, then
 ``model.safetensors.index.json`` (its ``weight_map``, whatever the shard names), then
 ``pytorch_model.bin``, then ``pytorch_model.bin.index.json`` (pickles read by the inert
-scanner: nothing runs, nothing is read until used); only when none of
-those is there, another lone ``*.safetensors`` file or index. Weight files outside the chosen
-set are ignored (not read, not carried) and named by ``ignored`` (``inspect`` lists them). Writing always
-produces HF-standard safetensors shards with metadata ``{"format": "pt"}`` and an index
+scanner: nothing runs, nothing is read until used); only when none of those is there,
+another lone ``*.safetensors`` file or index. Weight files outside the chosen set are
+ignored (not read, not carried) and named by ``ignored`` (``inspect`` lists them). Writing
+always produces HF-standard safetensors shards with metadata ``{"format": "pt"}`` and an index
 when there are several. Every other top-level file (tokenizer, generation config,
 ``training_args.bin``) is carried unopened, as a lazy U8 tensor over the file's bytes: a
 large file costs nothing until it is written, and then it is streamed.
@@ -97,10 +97,8 @@ def open_weights(directory: Path) -> tuple[dict[str, Tensor], str, list[str], di
         raise no_weights(directory)
     kind, path = found
     tensors = _open(path, kind)
-    metadata = {}
-    if kind == "safetensors":
-        first = path if not path.name.endswith(".json") else next(iter(sorted(set(read_index(path)[0].values()))), None)
-        metadata = dict(read_header(first)[1] or {}) if first is not None else {}
+    first = next(iter(tensors.values()), None)
+    metadata = dict(read_header(first.file_range.path)[1] or {}) if kind == "safetensors" and first is not None else {}
     return tensors, kind, ignored(directory, path), metadata
 
 
