@@ -41,7 +41,7 @@ DEFAULT_DESTINATION = "out"
 
 # Formats whose files have room for metadata and record the layouts a checkpoint was in
 # before (``Layout.trail``): A -> B -> A through one of them gives A's layout back.
-KEEPS_LAYOUTS = {"canonical", "safetensors", "mlx", "peft", "hf", "swiftkv"}
+KEEPS_LAYOUTS = {"canonical", "safetensors", "mlx", "peft", "hf", "swiftkv", "moshi"}
 # What a source is written with, where its writer's defaults would make the layout check
 # trivial: facts only a recorded layout brings back (a prefix, metadata of the user's own).
 SOURCE_LAYOUTS = {

@@ -52,9 +52,13 @@ def to_json(ck: Checkpoint, where: str, format: str) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
+LAYOUTS_KEY = "ckpt_core_layouts"  # safetensors metadata key of ``layouts_to_json``, where no graph is written
+
+
 def layouts_to_json(ck: Checkpoint, format: str) -> str | None:
     """The layouts a file of ``format`` records (``Layout.trail``) as compact JSON, for
-    formats whose metadata has room for them but not for a graph; None when there are none."""
+    formats whose safetensors metadata has room for them (under ``LAYOUTS_KEY``) but not for
+    a graph; None when there are none."""
     layouts = _layouts_data(ck, format)
     return json.dumps(layouts, separators=(",", ":")) if layouts else None
 

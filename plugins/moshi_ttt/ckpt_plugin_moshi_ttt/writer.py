@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import Checkpoint, LossyConversion, Tensor, UsageError, safetensors_io
+from ckpt_core import Checkpoint, LossyConversion, Tensor, UsageError, graph, safetensors_io
 from ckpt_core.tensor import same_bytes
 
 from . import keys, layout, reader, state, ttt
@@ -71,7 +71,9 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
             raise UsageError("naming=legacy writes plain weights only: merge the adapters (--merge-adapters) or write weights=lora")
         tensors = keys.join_legacy(tensors)
     consolidated = _folders(path, where, ts)
-    safetensors_io.write_file(consolidated / (layout.FULL if weights == "full" else layout.LORA), dict(sorted(tensors.items())))
+    recorded = graph.layouts_to_json(ck, reader.NAME)  # the source's layouts, so converting back needs no options
+    safetensors_io.write_file(consolidated / (layout.FULL if weights == "full" else layout.LORA), dict(sorted(tensors.items())),
+                              {graph.LAYOUTS_KEY: recorded} if recorded else None)
     safetensors_io.write_bytes(consolidated / layout.CONFIG, (json.dumps(config, indent=2) + "\n").encode())
     if ts is not None:
         _write_state(ts, consolidated, path)

@@ -19,7 +19,6 @@ from . import hfdir, swiftkv
 from .families import family_of_model_type
 
 HF, SWIFTKV = "hf", "swiftkv"
-LAYOUTS_KEY = "ckpt_core_layouts"  # shard metadata: the layouts the checkpoint was in before
 
 
 def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
@@ -30,8 +29,8 @@ def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
         raise CorruptInput(f"{path / hfdir.CONFIG}: model_type {config.get('model_type')!r} is not llama, qwen2 or qwen3 "
                            "(or a *_swiftkv student of one)")
     tensors, kind, ignored, metadata = hfdir.open_weights(path)
-    recorded = metadata.get(LAYOUTS_KEY)
-    earlier = graph.layouts_from_json(recorded, f"{path}: metadata {LAYOUTS_KEY!r}") if recorded is not None else ()
+    recorded = metadata.get(graph.LAYOUTS_KEY)
+    earlier = graph.layouts_from_json(recorded, f"{path}: metadata {graph.LAYOUTS_KEY!r}") if recorded is not None else ()
     ties = dict(cfg.TIE) if (config.get("tie_word_embeddings") is True and cfg.LM_HEAD not in tensors
                              and cfg.EMBED in tensors) else {}
     params = cfg.params_from_config(config)
@@ -68,7 +67,7 @@ def write(ck: Checkpoint, path: Path, fmt: str, options: dict[str, Any]) -> Chec
         ck, plan = _student(ck, options)
     config = cfg.build(cfg.derived(ck, plan), fields, teacher=plan is None)
     recorded = graph.layouts_to_json(ck, fmt)  # the source's layouts, so converting back needs no options
-    hfdir.write(path, ck.tensors, config, files, options.get("max_shard_size", "5GB"), {LAYOUTS_KEY: recorded} if recorded else {})
+    hfdir.write(path, ck.tensors, config, files, options.get("max_shard_size", "5GB"), {graph.LAYOUTS_KEY: recorded} if recorded else {})
     return ck
 
 
