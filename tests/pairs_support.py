@@ -2,6 +2,8 @@
 
 - ``triples()``: every ordered pair (A, B) of installed formats, A != B, with every family
   both hold, computed from the registry: a new plugin adds rows with no edit.
+- ``KEEPS_LAYOUTS``: the formats whose files record the source's layout;
+  ``SOURCE_LAYOUTS``: non-default layouts sources are written with, so that it shows.
 - ``destination(format)``: a path name each format's writer accepts (a directory name for
   any format not in the table).
 - ``source_checkpoints(format, family)``: canonical checkpoints format A can hold as they
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from ckpt_core.model import Adapter, Checkpoint, OptimizerState, TrainState
+from ckpt_core.model import Adapter, Checkpoint, Layout, OptimizerState, TrainState
 from ckpt_core.plugins import registry
 from ckpt_core.testing import checkpoints_for, spec_families
 
@@ -36,6 +38,18 @@ DESTINATIONS = {
     "moshi": "run",
 }
 DEFAULT_DESTINATION = "out"
+
+# Formats whose files have room for metadata and record the layouts a checkpoint was in
+# before (``Layout.trail``): A -> B -> A through one of them gives A's layout back.
+KEEPS_LAYOUTS = {"canonical", "safetensors", "mlx", "peft", "hf", "swiftkv", "moshi"}
+# What a source is written with, where its writer's defaults would make the layout check
+# trivial: facts only a recorded layout brings back (a prefix, metadata of the user's own).
+SOURCE_LAYOUTS = {
+    "nanogpt": Layout("nanogpt", "nanogpt", {"prefix": "_orig_mod."}),
+    "modded-nanogpt": Layout("modded-nanogpt", "qkv", {"prefix": ""}),
+    "safetensors": Layout("safetensors", "file", {"metadata": {"source": "pairs"}}),
+    "mlx": Layout("mlx", "run", {"metadata": {"source": "pairs"}}),
+}
 
 _CROSSING = ("{format} writes a {family} checkpoint as the other family (a crossing refused without "
              "--option fill_missing / drop_unmapped), so it never reads back as {family}")

@@ -7,7 +7,10 @@ dtype, ties, KV sharing, adapters, train state, extra: what A's FormatSpec decla
 - nothing to lose (``losses.find(ck_a, B)`` is empty): A -> B -> A. What B reads back is
   ``ck_a`` in tensors, names, dtypes, shapes, arch, ties, KV sharing, adapters, trainable
   set, train state (also through B's ``train_state`` hook) and extra; written back as A it
-  is ``ck_a`` bit for bit again.
+  is ``ck_a`` bit for bit again, and where B's files record layouts
+  (``pairs_support.KEEPS_LAYOUTS``), with A's layout: the same format, variant and facts,
+  with the same (no) options. Sources are written with ``SOURCE_LAYOUTS`` (an ``_orig_mod.``
+  prefix, metadata of their own) so that a layout that did not travel shows.
 - something to lose: writing B refuses (LossyConversion naming each loss and its flag),
   leaving nothing at the destination; with the allowing flags (``allow_loss``,
   ``merge_adapters``, ``cast``) B holds exactly ``ck_a`` with those changes
@@ -44,7 +47,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, reject, settings
-from pairs_support import destination, not_a_source, source_checkpoints, triples
+from pairs_support import KEEPS_LAYOUTS, SOURCE_LAYOUTS, destination, not_a_source, source_checkpoints, triples
 
 import ckpt_core
 from ckpt_core import dtypes, losses, transforms
@@ -143,7 +146,7 @@ def _check_pair(a: str, b: str, ck: Checkpoint, directory: Path, refusals: set[s
     spec_b = registry().spec(b)
     path_a = _fresh(directory / "a", a)
     try:
-        ckpt_core.save(ck, path_a, a)
+        ckpt_core.save(ck.evolve(layout=SOURCE_LAYOUTS.get(a, ck.layout)), path_a, a)
     except (LossyConversion, UsageError):
         reject()  # A cannot hold this draw as it is; A's own conformance tests cover that
     ck_a = ckpt_core.load(path_a, a)
@@ -188,7 +191,11 @@ def _check_pair(a: str, b: str, ck: Checkpoint, directory: Path, refusals: set[s
         with pytest.raises(type(e)):
             ckpt_core.save(expected, path_a2, a)
         return
-    _assert_holds(a, expected, ckpt_core.load(path_a2, a), path_a2)
+    ck_a2 = ckpt_core.load(path_a2, a)
+    _assert_holds(a, expected, ck_a2, path_a2)
+    if b in KEEPS_LAYOUTS and not lost and a != "canonical":  # canonical has no layout of its own: it keeps the one given
+        back, before = ((x.format, x.variant, x.facts) for x in (ck_a2.layout, ck_a.layout))
+        assert back == before, f"{b} did not keep {a}'s layout: {before} came back as {back}"
 
 
 def _assert_holds(format: str, expected: Checkpoint, got: Checkpoint, path: Path) -> Checkpoint:

@@ -153,6 +153,20 @@ def test_adapter_on_the_alias_merges_the_alias_only():
     np.testing.assert_array_equal(merged.tensors["lm_head"].raw(), bf16_by_hand(total))
 
 
+@pytest.mark.parametrize("on", ["wte", "lm_head"])
+def test_tied_head_tie_keeps_the_tie_and_merges_its_storage(on):
+    wte = bf16_tensor(RNG.standard_normal((6, 4)))
+    adapter = lora(6, 4, 2)
+    ck = Checkpoint(tensors={"wte": wte}, ties={"lm_head": "wte"}, adapters={on: adapter})
+    merged = transforms.merge_adapters(ck, tied_head="tie")
+    merged.validate()
+    assert merged.ties == {"lm_head": "wte"} and merged.adapters == {}
+    total = f32(wte) + np.float32(adapter.scale) * (f32(adapter.b) @ f32(adapter.a))
+    np.testing.assert_array_equal(merged.tensor("lm_head").raw(), bf16_by_hand(total))
+    with pytest.raises(UsageError, match="tied_head must be one of untie, tie"):
+        transforms.merge_adapters(ck, tied_head="both")
+
+
 @pytest.mark.parametrize("dtype", ["F8_E4M3", "I32", "U8", "BOOL"])
 def test_merge_into_fp8_or_non_float_is_refused(dtype):
     weight = Tensor.from_bytes(bytes(4 * 3 * dtypes.get(dtype).itemsize), dtype, (4, 3))

@@ -108,11 +108,12 @@ def load(path: Path | str, format: str | None = None, options: Mapping[str, Any]
 
 def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, Any] | None = None, *,
          overwrite: bool = False, allow_loss: Collection[str] = (), merge_adapters: bool = False,
-         cast: Mapping[str, str] | None = None, show_progress: bool = False) -> Checkpoint:
+         tied_head: str = "untie", cast: Mapping[str, str] | None = None, show_progress: bool = False) -> Checkpoint:
     """Write ``ck`` at ``path`` in ``format``, atomically; refuse any loss not allowed.
     Returns the checkpoint as written (after merging, casting and allowed losses).
 
-    ``merge_adapters`` merges adapters into their weights first (computes in float32);
+    ``merge_adapters`` merges adapters into their weights first (computes in float32;
+    ``tied_head``: what names tied to a merged weight get, see ``transforms.merge_adapters``);
     ``cast`` maps dtypes to cast (``{"F64": "F32"}``); ``allow_loss`` names what may be
     dropped (``train_state``, ``optimizer_state``, ``kv_sharing``, ``trainable``, ``extra``).
     """
@@ -125,7 +126,7 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
     if cast:
         ck = transforms.cast(ck, cast)
     if merge_adapters:
-        ck = transforms.merge_adapters(ck)
+        ck = transforms.merge_adapters(ck, tied_head)
     ck = losses.apply_allowed(ck, spec, allow_loss)
     ck.validate()
     with progress.bar(ck.nbytes, f"writing {format}", enabled=show_progress), atomic.atomic_output(path, overwrite) as tmp:
@@ -140,7 +141,8 @@ def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any
             merge_adapters: bool = False, cast: Mapping[str, str] | None = None, show_progress: bool = False) -> Checkpoint:
     """Convert ``src`` to format ``to`` at ``dst``; return the checkpoint as written. Options
     go to whichever of the two formats declares them (both, if both do); an option neither
-    declares is refused."""
+    declares is refused. ``tied_head``, the option of the formats with tied adapters (LoRA),
+    also sets how ``merge_adapters`` treats tied names."""
     src, dst = _existing(src), Path(dst)
     reg = registry()
     target = reg.spec(to)
@@ -156,8 +158,9 @@ def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any
     with files.recording() as used:
         ck = load(src, source.name, read_opts)
     atomic.check_apart(dst, src, used)
-    return save(ck, dst, to, write_opts, overwrite=overwrite, allow_loss=allow_loss,
-                merge_adapters=merge_adapters, cast=cast, show_progress=show_progress)
+    return save(ck, dst, to, write_opts, overwrite=overwrite, allow_loss=allow_loss, merge_adapters=merge_adapters,
+                tied_head=options.get("tied_head", "untie") if merge_adapters else "untie", cast=cast,
+                show_progress=show_progress)
 
 
 def check_destination(dst: Path, overwrite: bool) -> None:

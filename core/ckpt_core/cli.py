@@ -348,6 +348,7 @@ def cmd_inspect(args) -> None:
         ("ties", _first([f"{a} -> {t}" for a, t in facts["ties"].items()])),
         ("kv sharing", _first([f"{c} -> {p}" for c, p in facts["kv_sharing"].items()])),
         ("trainable", "not stated" if facts["trainable"] is None else _count(facts["trainable"], "tensor")),
+        *([("ignored files", _first(facts["ignored"]))] if facts["ignored"] else []),
     ])
     print("hyper-parameters" + ("" if facts["params"] else "  none"))
     _pairs([(k, _text(v)) for k, v in facts["params"].items()], indent=2)
@@ -406,6 +407,7 @@ def inspect_facts(ck: Checkpoint, ts: TrainState | None) -> dict[str, Any]:
         "kv_sharing": {str(c): p for c, p in ck.kv_sharing.items()},
         "trainable": None if ck.trainable is None else len(ck.trainable),
         "train_state": None if ts is None else _state_facts(ts),
+        "ignored": [str(name) for name in ck.layout.facts.get("ignored", [])],
     }
 
 

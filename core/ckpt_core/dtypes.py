@@ -70,18 +70,21 @@ def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Values of ``raw`` words (of ``dtype``) as float32, for arithmetic.
 
     BF16 widens exactly by a shift; FP8 kinds are decoded by table. Used only by explicit
-    arithmetic steps (merging adapters, tolerance diffs), never by layout changes.
+    arithmetic steps (merging adapters, tolerance diffs), never by layout changes. Values
+    out of float32's range become infinities, as IEEE (and torch) round them: no warning.
     """
     d = get(dtype)
     if dtype == "BF16":
         return (raw.astype(np.uint32) << 16).view(np.float32)
     if dtype in ("F8_E4M3", "F8_E5M2"):
         return _fp8_table(dtype)[raw]
-    return raw.view(d.numpy).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return raw.view(d.numpy).astype(np.float32)
 
 
 def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 values rounded (to nearest even) into raw words of ``dtype``."""
+    """float32 values rounded (to nearest even) into raw words of ``dtype`` (out of its
+    range: infinities, as IEEE and torch round them, without numpy's warning)."""
     d = get(dtype)
     values = np.ascontiguousarray(values, dtype=np.float32)
     if dtype == "BF16":
@@ -93,7 +96,8 @@ def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
         return out
     if d.numpy is None:
         raise ValueError(f"rounding float32 into {dtype} is not supported")
-    return values.astype(d.numpy).view(d.raw)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return values.astype(d.numpy).view(d.raw)
 
 
 def _fp8_table(dtype: str) -> np.ndarray:

@@ -3,8 +3,9 @@
 Formats whose files are plain safetensors (``safetensors`` itself, MLX step files, an HF
 GPT-2 base) cannot say a model's family, hyper-parameters, ties, KV sharing or trainable
 set. They keep them as one JSON string under a metadata key of their own, written and
-read here. A file without it gets the installed family its names and shapes fit, or
-``generic``.
+read here, with the layouts of the formats the checkpoint was in before (``Layout.trail``),
+so that converting back writes those formats' files as they were. A file without it gets
+the installed family its names and shapes fit, or ``generic``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import attrs
 
 from . import tree
 from .errors import CorruptInput, LossyConversion
-from .model import Arch, Checkpoint
+from .model import Arch, Checkpoint, Layout
 from .tensor import Tensor
 
 
@@ -28,21 +29,64 @@ class Graph:
     ties: dict[str, str]
     kv_sharing: dict[int, int]
     trainable: tuple[str, ...] | None
+    layouts: tuple[Layout, ...] = ()
 
 
-def to_json(ck: Checkpoint, where: str) -> str:
-    """``ck``'s graph as compact JSON; LossyConversion when its hyper-parameters hold
-    tensors, which metadata strings cannot (``where`` names the format in the message)."""
+def to_json(ck: Checkpoint, where: str, format: str) -> str:
+    """``ck``'s graph as compact JSON, for a file of ``format``; LossyConversion when its
+    hyper-parameters hold tensors, which metadata strings cannot (``where`` names the
+    format in the message)."""
     params, tensors = tree.encode(ck.arch.params)
     if tensors:
         raise LossyConversion(f"hyper-parameters hold tensors ({', '.join(tensors)}), which {where} cannot keep; "
                               "convert to canonical instead. Nothing was written.")
-    return json.dumps({
+    data = {
         "arch": {"family": ck.arch.family, "params": params},
         "ties": ck.ties,
         "kv_sharing": {str(k): v for k, v in ck.kv_sharing.items()},
         "trainable": list(ck.trainable) if ck.trainable is not None else None,
-    }, separators=(",", ":"))
+    }
+    layouts = _layouts_data(ck, format)
+    if layouts:
+        data["layouts"] = layouts
+    return json.dumps(data, separators=(",", ":"))
+
+
+LAYOUTS_KEY = "ckpt_core_layouts"  # safetensors metadata key of ``layouts_to_json``, where no graph is written
+
+
+def layouts_to_json(ck: Checkpoint, format: str) -> str | None:
+    """The layouts a file of ``format`` records (``Layout.trail``) as compact JSON, for
+    formats whose safetensors metadata has room for them (under ``LAYOUTS_KEY``) but not for
+    a graph; None when there are none."""
+    layouts = _layouts_data(ck, format)
+    return json.dumps(layouts, separators=(",", ":")) if layouts else None
+
+
+def layouts_from_json(text: str, where: str) -> tuple[Layout, ...]:
+    """The layouts ``layouts_to_json`` wrote; CorruptInput naming ``where`` if malformed."""
+    try:
+        return _layouts(json.loads(text))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise CorruptInput(f"{where} is malformed ({type(e).__name__}: {e})") from None
+
+
+def _layouts_data(ck: Checkpoint, format: str) -> list[dict]:
+    """JSON data of the layouts a file of ``format`` records. A layout whose facts hold
+    tensors is left out: layout facts are hints for writing files back, not content."""
+    found = []
+    for layout in ck.layout.trail(format):
+        try:
+            facts, tensors = tree.encode(layout.facts)
+        except TypeError:
+            continue
+        if not tensors:
+            found.append({"format": layout.format, "variant": layout.variant, "facts": facts})
+    return found
+
+
+def _layouts(data: list) -> tuple[Layout, ...]:
+    return tuple(Layout(str(e["format"]), str(e["variant"]), dict(tree.decode(e["facts"], {}))) for e in data)
 
 
 def from_json(text: str, where: str) -> Graph:
@@ -54,6 +98,7 @@ def from_json(text: str, where: str) -> Graph:
             ties=dict(g["ties"]),
             kv_sharing={int(k): v for k, v in g.get("kv_sharing", {}).items()},
             trainable=tuple(g["trainable"]) if g["trainable"] is not None else None,
+            layouts=_layouts(g.get("layouts", [])),
         )
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise CorruptInput(f"{where} is malformed ({type(e).__name__}: {e})") from None

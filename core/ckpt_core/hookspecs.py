@@ -69,7 +69,8 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]) -> Checkpoint
     lazy transforms): reading a checkpoint must not read its data. Keep everything: every
     tensor byte-exact (padding rows included), ties as edges, adapters unmerged, training
     state, and in ``layout`` / ``extra`` whatever is needed to write the same files back.
-    ``options`` holds only the options your FormatSpec declares. Raise CorruptInput or
+    Files at ``path`` you chose not to read (weights another file takes precedence over)
+    go in ``layout.facts["ignored"]`` by name: ``inspect`` lists them. ``options`` holds only the options your FormatSpec declares. Raise CorruptInput or
     UnsafeInput (never a bare exception) for bad files; pickles load with
     ``weights_only=True``.
     """

@@ -116,11 +116,30 @@ class TrainState:
 @attrs.frozen
 class Layout:
     """Which format and variant a checkpoint came from, and the facts needed to write it
-    back exactly (fused or not, key prefix, shard plan, file names)."""
+    back exactly (fused or not, key prefix, shard plan, file names).
+
+    ``earlier``: the layouts of the formats it was in before this one, newest first, as far
+    as the files it was read from recorded them (formats with room for metadata record
+    ``trail``). A writer takes its own format's facts from ``of``, so A -> B -> A writes A's
+    files as they were, without options."""
 
     format: str = ""
     variant: str = ""
     facts: dict[str, Any] = attrs.field(factory=dict)
+    earlier: tuple[Layout, ...] = attrs.field(default=(), converter=tuple)
+
+    def of(self, *formats: str) -> Layout | None:
+        """The newest layout, this one or an earlier one, in one of ``formats`` (None: none is)."""
+        return next((layout for layout in (self, *self.earlier) if layout.format in formats), None)
+
+    def trail(self, format: str) -> tuple[Layout, ...]:
+        """The layouts a file of ``format`` records, newest first: all of them, or where
+        ``format`` is among them, only those older than its newest (its own files hold its
+        facts; the newer ones were made from them), so that writing A again writes what A's
+        files recorded."""
+        chain = [attrs.evolve(layout, earlier=()) for layout in (self, *self.earlier) if layout.format]
+        own = next((i for i, layout in enumerate(chain) if layout.format == format), None)
+        return tuple(chain if own is None else chain[own + 1:])
 
 
 @attrs.frozen(eq=False)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import files
-from .errors import CorruptInput, NotFound, UnsafeInput
+from .errors import CorruptInput, NotFound, UnsafeInput, UsageError
 from .tensor import Tensor
 
 # safetensors dtype name -> torch dtype attribute name
@@ -35,6 +35,18 @@ TORCH_DTYPES = {
     "BF16": "bfloat16", "U32": "uint32", "I32": "int32", "F32": "float32", "U64": "uint64", "I64": "int64",
     "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64",
 }
+
+
+def import_torch(what: str):
+    """The torch module; a one-line UsageError when it is not installed. Plain torch zip
+    files are read and written without it: only ``what`` (a legacy pickle, globals beyond
+    tensors and containers, torch's own random generators) needs it."""
+    try:
+        import torch
+    except ImportError:
+        raise UsageError(f"{what} needs torch, which is not installed: pip install torch "
+                         "(each torch-file plugin's [torch] extra installs it, e.g. 'ckpt-plugin-nanogpt[torch]')") from None
+    return torch
 
 
 def dtype_name(torch_dtype) -> str:
@@ -184,7 +196,7 @@ def tree_from_torch(value: Any, _made: dict[int, Tensor] | None = None) -> Any:
 
 def to_torch(t: Tensor):
     """A torch tensor with the same dtype, shape and bytes as ``t`` (reads its data)."""
-    import torch
+    torch = import_torch("a torch tensor")
 
     dtype = getattr(torch, TORCH_DTYPES[t.dtype])
     if t.nbytes == 0:  # torch cannot view an empty byte tensor as a wider dtype
@@ -227,11 +239,11 @@ def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[A
     format needs. Raises UnsafeInput naming the other globals when the pickle needs them,
     CorruptInput when the file is damaged, NotFound when it is missing.
     """
-    import torch
-
     from . import torch_pickle
 
     path = files.check_regular(path)
+    torch = import_torch(f"{path}: reading this pickle (a legacy non-zip file, or one naming more than tensors and "
+                         "plain containers)")
     use_mmap = mmap and is_zip(path)  # torch's legacy (non-zip) files cannot be mmap-ed
     try:
         with torch.serialization.safe_globals(list(allowed_globals)), warnings.catch_warnings():

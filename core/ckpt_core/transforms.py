@@ -23,21 +23,32 @@ def merged_weight(weight: Tensor, adapter: Adapter) -> Tensor:
         raise UsageError(f"cannot merge an adapter into a {weight.dtype} weight")
 
     def compute() -> np.ndarray:
-        delta = adapter.b.to_float32() @ adapter.a.to_float32()
-        total = weight.to_float32() + np.float32(adapter.scale) * delta
+        with np.errstate(over="ignore", invalid="ignore"):  # IEEE infinities and NaNs, as torch computes them
+            delta = adapter.b.to_float32() @ adapter.a.to_float32()
+            total = weight.to_float32() + np.float32(adapter.scale) * delta
         return dtypes.from_float32(total, weight.dtype)
 
     return Tensor.from_loader(weight.dtype, weight.shape, compute)
 
 
-def merge_adapters(ck: Checkpoint) -> Checkpoint:
+TIED_HEAD = ("untie", "tie")
+
+
+def merge_adapters(ck: Checkpoint, tied_head: str = "untie") -> Checkpoint:
     """``ck`` with every adapter merged into its base tensor and removed.
 
-    The merged value goes to the adapter's own name only. Other names tied to the same
-    storage keep the unmerged tensor (so an embedding adapter never leaks into a tied
-    output head): the tie is broken and both are stored.
+    ``tied_head="untie"``: the merged value goes to the adapter's own name only. Other names
+    tied to the same storage keep the unmerged tensor (so an embedding adapter never leaks
+    into a tied output head, as the LoRA model computes): the tie is broken and both are
+    stored. ``"tie"``: the tie is kept, and every name of that storage carries the merged value.
     """
+    if tied_head not in TIED_HEAD:
+        raise UsageError(f"tied_head must be one of {', '.join(TIED_HEAD)}, not {tied_head!r}")
     tensors = dict(ck.tensors)
+    if tied_head == "tie":
+        for name, adapter in ck.adapters.items():
+            tensors[ck.ties.get(name, name)] = merged_weight(ck.tensor(name), adapter)
+        return ck.evolve(tensors=tensors, adapters={})
     ties = dict(ck.ties)
     for name, adapter in ck.adapters.items():
         base = ck.tensor(name)

@@ -98,6 +98,7 @@ def write(ck: Checkpoint, path: Path, max_shard_size: int | str = "5GB") -> None
         "arch_params": ck.arch.params,
         "train_state": ck.train_state.to_dict() if ck.train_state is not None else None,
         "layout_facts": ck.layout.facts,
+        "earlier_layouts": [{"format": e.format, "variant": e.variant, "facts": e.facts} for e in ck.layout.earlier],
         "extra": ck.extra,
     })
     if state_tensors:
@@ -117,7 +118,8 @@ def write(ck: Checkpoint, path: Path, max_shard_size: int | str = "5GB") -> None
         "adapters": adapters,
         "trainable": list(ck.trainable) if ck.trainable is not None else None,
         "train_state": state_tree["train_state"],
-        "layout": {"format": ck.layout.format, "variant": ck.layout.variant, "facts": state_tree["layout_facts"]},
+        "layout": {"format": ck.layout.format, "variant": ck.layout.variant, "facts": state_tree["layout_facts"],
+                   **({"earlier": state_tree["earlier_layouts"]} if ck.layout.earlier else {})},
         "extra": state_tree["extra"],
     }
     safetensors_io.write_bytes(path / MANIFEST, _manifest_text(manifest).encode())
@@ -171,13 +173,19 @@ def read(path: Path, verify: bool = False) -> Checkpoint:
             adapters=adapters,
             train_state=_train_state(m, state_tensors),
             trainable=tuple(m["trainable"]) if m["trainable"] is not None else None,
-            layout=Layout(m["layout"]["format"], m["layout"]["variant"], tree.decode(m["layout"]["facts"], state_tensors)),
+            layout=_layout(m["layout"], state_tensors),
             extra=tree.decode(m["extra"], state_tensors),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise _malformed(path, e) from None
     ck.validate()
     return ck
+
+
+def _layout(entry: dict, state_tensors: dict[str, Tensor]) -> Layout:
+    """The manifest's layout: the source's format, variant and facts, and its earlier layouts."""
+    earlier = [_layout(e, state_tensors) for e in entry.get("earlier", [])]
+    return Layout(entry["format"], entry["variant"], tree.decode(entry["facts"], state_tensors), earlier)
 
 
 @hookimpl

@@ -4,7 +4,8 @@ What the world already has, read as a graph that keeps every name. When the name
 installed family schema, the family and its hyper-parameters are recognised; otherwise the
 family is ``generic``. Writing stores ties, KV sharing and the trainable set as JSON under
 the metadata key ``ckpt_core`` (beside ``"format": "pt"``, which transformers requires), so
-a round trip through a plain file loses nothing it can hold. Adapters and training state
+a round trip through a plain file loses nothing it can hold, and the layouts of the formats
+the checkpoint was in before, so converting back to them needs no options. Adapters and training state
 it cannot hold: converting them here is refused (see ``--merge-adapters``, ``--allow-loss``).
 """
 
@@ -88,11 +89,11 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]):
         variant = "file"
     metadata = dict(metadata or {})
     stored_graph = metadata.pop(META_KEY, None)
-    layout = Layout(NAME, variant, {"metadata": metadata})
     if stored_graph is None:
-        return Checkpoint(arch=graph.recognised_arch(tensors), tensors=tensors, layout=layout)
+        return Checkpoint(arch=graph.recognised_arch(tensors), tensors=tensors, layout=Layout(NAME, variant, {"metadata": metadata}))
     g = graph.from_json(stored_graph, f"{path}: metadata {META_KEY!r}")
-    ck = Checkpoint(arch=g.arch, tensors=tensors, ties=g.ties, kv_sharing=g.kv_sharing, trainable=g.trainable, layout=layout)
+    ck = Checkpoint(arch=g.arch, tensors=tensors, ties=g.ties, kv_sharing=g.kv_sharing, trainable=g.trainable,
+                    layout=Layout(NAME, variant, {"metadata": metadata}, g.layouts))
     ck.validate()
     return ck
 
@@ -102,9 +103,10 @@ def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dic
     if format != NAME:
         return None
     metadata = {"format": "pt"}
-    if checkpoint.layout.format == NAME:
-        metadata.update(checkpoint.layout.facts.get("metadata", {}))
-    metadata[META_KEY] = graph.to_json(checkpoint, "the safetensors format")
+    own = checkpoint.layout.of(NAME)
+    if own is not None:
+        metadata.update(own.facts.get("metadata", {}))
+    metadata[META_KEY] = graph.to_json(checkpoint, "the safetensors format", NAME)
     if path.suffix == ".safetensors":
         safetensors_io.write_file(path, checkpoint.tensors, metadata)
     else:

@@ -1,7 +1,7 @@
-"""The changes a user asks for by option: merge, fresh adapters, and rank changes.
+"""The changes a user asks for by option: fresh adapters and rank changes.
 
-- ``merge``: adapters into their weights (``ckpt_core.transforms.merged_weight``: float32,
-  rounded back to the base dtype), with an explicit policy for a tied output head.
+- ``merge``: some adapters into their weights (``ckpt_core.transforms.merge_adapters``:
+  float32, rounded back to the base dtype; ``rank_change=merge``), with a warning.
 - ``add_fresh``: new adapters initialised as the fork does (A kaiming-uniform for linear
   layers, normal for the embedding table; B zeros), from a seeded generator: reproducible,
   and the model computes exactly what it did, since B is zero.
@@ -18,35 +18,19 @@ import attrs
 
 from ckpt_core import dtypes as dtype_table
 from ckpt_core import Adapter, Checkpoint, CkptWarning, Tensor, UsageError
-from ckpt_core.torch_io import TORCH_DTYPES, from_torch
-from ckpt_core.transforms import merge_adapters, merged_weight
+from ckpt_core.torch_io import TORCH_DTYPES, from_torch, import_torch
+from ckpt_core.transforms import merge_adapters
 
 from . import keys
 
-TIED_HEAD = ("untie", "tie")
 
-
-def merge(ck: Checkpoint, tied_head: str = "untie", only: list[str] | None = None) -> Checkpoint:
-    """``ck`` with adapters (all, or those on ``only``) merged into their weights.
-
-    ``tied_head="untie"`` (``ckpt_core.transforms.merge_adapters``): a name tied to a merged
-    weight keeps the unmerged value, as the LoRA model computed it (an embedding delta
-    never reaches the tied output head), and the tie is broken. ``"tie"``: the tie is kept
-    and both names carry the merged value.
-    """
-    if tied_head not in TIED_HEAD:
-        raise UsageError(f"tied_head must be one of {', '.join(TIED_HEAD)}, not {tied_head!r}")
-    names = [n for n in ck.adapters if only is None or n in only]
+def merge(ck: Checkpoint, tied_head: str, only: list[str]) -> Checkpoint:
+    """``ck`` with the adapters on ``only`` merged into their weights
+    (``ckpt_core.transforms.merge_adapters``, ``tied_head`` its policy for tied names)."""
+    names = [n for n in ck.adapters if n in only]
     if not names:
         return ck
-    chosen = ck.evolve(adapters={n: ck.adapters[n] for n in names})
-    if tied_head == "untie":
-        merged = merge_adapters(chosen)
-    else:
-        tensors = dict(ck.tensors)
-        for n in names:
-            tensors[ck.ties.get(n, n)] = merged_weight(ck.tensor(n), ck.adapters[n])
-        merged = chosen.evolve(tensors=tensors, adapters={})
+    merged = merge_adapters(ck.evolve(adapters={n: ck.adapters[n] for n in names}), tied_head)
     tied = [n for n in names if n in ck.ties or n in ck.ties.values()]
     head = ""
     if tied and tied_head == "untie":
@@ -76,7 +60,7 @@ def targets_of(ck: Checkpoint, targets: list[str]) -> list[str]:
 
 def fresh(weight: Tensor, kind: str, rank: int, alpha: float, init: str, gen) -> Adapter:
     """A new adapter on ``weight`` [out, in]: A random (seeded ``gen``), B zeros."""
-    import torch
+    torch = import_torch("fresh adapters (the fork's seeded initialisation)")
 
     out, inp = weight.shape
     dtype = getattr(torch, TORCH_DTYPES[weight.dtype])
@@ -93,7 +77,7 @@ def fresh(weight: Tensor, kind: str, rank: int, alpha: float, init: str, gen) ->
 
 def add_fresh(ck: Checkpoint, names: list[str], rank: int, alpha: float, init: str, seed: int) -> Checkpoint:
     """``ck`` with fresh adapters of ``rank`` on ``names`` (in order, one seeded generator)."""
-    import torch
+    torch = import_torch("fresh adapters (the fork's seeded initialisation)")
 
     if init not in ("kaiming", "normal"):
         raise UsageError(f"init must be kaiming or normal, not {init!r}")

@@ -146,6 +146,8 @@ def read(path: Path, alpha: float | None = None) -> Checkpoint:
         "lora_only": lora_only,
         "param_names": isinstance(param_names, list),
     }
+    if top.get("optimizer", ...) in (None, {}):  # saved as "nothing": written back so while no state fills it
+        facts["no_optimizer"] = {k: top[k] for k in ("optimizer", "param_names") if k in top}
     if variant == "merged" and isinstance(param_names, list):
         canonical = _canonical_param(ext_adapters)
         facts["lora_params"] = [n for n, _ in map(canonical, param_names) if "::" in n]  # adapters the save merged away
@@ -187,7 +189,7 @@ def _train_state(path: Path, top: dict, ext: dict, state: dict, ties: dict) -> T
     if not any(k in top for k in slots) and "train_state" not in ext:
         return None
     opt = None
-    if isinstance(top.get("optimizer"), dict):
+    if isinstance(top.get("optimizer"), dict) and top["optimizer"]:  # {} or None: no optimizer state
         sd = top["optimizer"]
         names = top.get("param_names")
         if not isinstance(names, list):
@@ -270,8 +272,9 @@ def _warn_if_activation_differs(ck: Checkpoint) -> None:
 def write(ck: Checkpoint, path: Path) -> None:
     """Write ``ck`` as the fork's ``ckpt.pt`` at ``path``."""
 
-    facts = ck.layout.facts if ck.layout.format == NAME else {}
-    merged_variant = ck.layout.format == NAME and ck.layout.variant == "merged" and not ck.adapters
+    own = ck.layout.of(NAME)
+    facts = own.facts if own else {}
+    merged_variant = own is not None and own.variant == "merged" and not ck.adapters
     names = ck.names()
     for base, ad in ck.adapters.items():
         if keys.module_of(base) is None:
@@ -322,6 +325,8 @@ def write(ck: Checkpoint, path: Path) -> None:
 
     top: dict[str, Any] = {"model": state}
     _write_train_state(ck, facts, top, ext, lora_modules, state, prefix)
+    if "optimizer" not in top:
+        top.update(facts.get("no_optimizer", {}))
     top["model_args"] = model_args
     order = facts.get("top_keys") or ["model", "optimizer", "model_args", "iter_num", "best_val_loss", "config", "param_names"]
     out = {k: top[k] for k in order if k in top}
@@ -442,7 +447,8 @@ def _checked_optimizer(ck: Checkpoint, facts: dict) -> OptimizerState | None:
     shapes = {n: ck.tensor(n).shape for n in ck.names()}
     for base, ad in ck.adapters.items():
         shapes[base + "::lora_a"], shapes[base + "::lora_b"] = ad.a.shape, ad.b.shape
-    allowed = set(facts.get("lora_params", [])) if ck.layout.variant == "merged" else set()
+    own = ck.layout.of(NAME)
+    allowed = set(facts.get("lora_params", [])) if own is not None and own.variant == "merged" else set()
     used = [*opt.param_state, *(n for g in opt.groups for n in g.get("params", []))]
     unknown = sorted({n for n in used if n not in shapes and n not in allowed})
     wrong = sorted({n for n, slots in opt.param_state.items() if n in shapes for v in slots.values()

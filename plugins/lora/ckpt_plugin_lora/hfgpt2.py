@@ -65,12 +65,13 @@ def read(path: Path) -> Checkpoint:
             params["d_ff"] = 4 * params["d_model"]
         tied = HEAD not in out and TABLE in out and config.get("tie_word_embeddings", True)
         ties = {HEAD: TABLE} if tied else {}
-    return Checkpoint(arch=Arch("gpt", params), tensors=out, ties=ties, layout=Layout("hf-gpt2", "", {"config": config}))
+    return Checkpoint(arch=Arch("gpt", params), tensors=out, ties=ties,
+                      layout=Layout("hf-gpt2", "", {"config": config}, g.layouts if stored is not None else ()))
 
 
 def write(ck: Checkpoint, path: Path, config: dict | None = None) -> None:
     """``ck`` (no adapters) as an HF GPT-2 directory at ``path`` (a new directory)."""
-    metadata = {"format": "pt", META_KEY: graph.to_json(ck, "an HF GPT-2 directory")}
+    metadata = {"format": "pt", META_KEY: graph.to_json(ck, "an HF GPT-2 directory", "peft")}  # a peft directory's base
     p = ck.arch.params
     if config is None:
         config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu",

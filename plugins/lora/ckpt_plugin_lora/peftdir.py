@@ -111,7 +111,7 @@ def read(path: Path, base: Any = None) -> Checkpoint:
         adapters[name] = Adapter(p["a"], p["b"], alpha, e.get("scaling", scaling), e.get("kind", kinds[name]))
     facts = {"config": config, "weights": weights_name, "metadata": metadata, "base_source": source,
              "base_layout": {"format": base_ck.layout.format, "facts": base_ck.layout.facts}}
-    return base_ck.evolve(adapters=adapters, layout=Layout(NAME, source, facts))
+    return base_ck.evolve(adapters=adapters, layout=Layout(NAME, source, facts, base_ck.layout.earlier))
 
 
 def _load_any(path: Path) -> Checkpoint:
@@ -140,7 +140,8 @@ def _targets_cover(targets, modules: list[str]) -> bool:
 
 def _config_for(ck: Checkpoint, base_option: Any) -> tuple[dict, dict]:
     """The adapter_config.json for ``ck``'s adapters, and the metadata entries it needs."""
-    facts = ck.layout.facts if ck.layout.format == NAME else {}
+    own = ck.layout.of(NAME)
+    facts = own.facts if own else {}
     config = dict(facts.get("config") or _template())
     modules = {keys.module_of(n): ad for n, ad in ck.adapters.items()}
     extra: dict[str, dict] = {}
@@ -177,7 +178,8 @@ def _config_for(ck: Checkpoint, base_option: Any) -> tuple[dict, dict]:
 def write(ck: Checkpoint, path: Path, base: Any = None) -> None:
     if base and not Path(base).exists():
         raise UsageError(f"--option base={base}: no such base model; omit it to write the base into {BASE_DIR}/")
-    facts = ck.layout.facts if ck.layout.format == NAME else {}
+    own = ck.layout.of(NAME)
+    facts = own.facts if own else {}
     bad = [n for n in ck.adapters if keys.module_of(n) is None]
     if bad:
         raise LossyConversion(f"peft holds adapters on '<module>.weight' tensors only; the adapter on {bad[0]!r} would be lost "

@@ -1,7 +1,8 @@
 """The ckpt-core hooks of ckpt-plugin-lora: formats ``lora-nanogpt`` and ``peft``.
 
-Both hold the core's ``gpt`` family with adapters as edges, never merged unless asked
-(``--option merge=true`` here, or the core's ``--merge-adapters``). Options that change
+Both hold the core's ``gpt`` family with adapters as edges, never merged unless asked with
+the core's ``--merge-adapters`` (``--option tied_head=tie`` keeps a tied head tied, merged
+too). Options that change
 the adapters (``rank``, ``targets``, ``rank_change``) apply when writing ``lora-nanogpt``;
 when they change the parameter set, optimizer state is dropped with a one-line warning,
 as the fork itself does.
@@ -27,9 +28,9 @@ FORK_SPEC = FormatSpec(
     capabilities=frozenset({"adapters", "ties", "train_state", "optimizer_state"}),
     patterns=("ckpt.pt", "*.pt"),
     options={
-        "merge": "true: merge the adapters into their weights (float32, rounded back to the weight's dtype)",
-        "tied_head": "when merging: untie (default: the tied head keeps the unmerged weight, as the LoRA model "
-                     "computes) or tie (tie kept, head merged too)",
+        "merge": "removed: merge with --merge-adapters",
+        "tied_head": "with --merge-adapters or rank_change=merge: untie (default: the tied head keeps the unmerged "
+                     "weight, as the LoRA model computes) or tie (tie kept, head merged too)",
         "rank": "writing: adapters of this rank (fresh ones on a plain model; a LoRA model needs rank_change)",
         "targets": "with rank: attn, embedding or attn,embedding (default: the existing adapters, else attn)",
         "alpha": "lora_alpha of fresh adapters (default 1.0); reading a bare state dict: its lora_alpha",
@@ -92,21 +93,21 @@ def drop_optimizer(ck: Checkpoint, why: str) -> Checkpoint:
     return ck.evolve(train_state=attrs.evolve(ts, optimizer=None))
 
 
-def _merge(ck: Checkpoint, options: dict) -> Checkpoint:
-    if not _flag(options, "merge") or not ck.adapters:
-        return ck
-    merged = edit.merge(ck, options.get("tied_head", "untie"))
-    stale = ck.train_state and ck.train_state.optimizer and any("::" in n for n in ck.train_state.optimizer.param_state)
-    return drop_optimizer(merged, "the adapters were merged, so the parameter set changed") if stale else merged
+def _no_merge_option(options: dict) -> None:
+    """The old spelling of a merge, refused naming the core's flag (one way to merge)."""
+    if "merge" in options:
+        raise UsageError("--option merge=true is gone: merge with --merge-adapters "
+                         "(and --option tied_head=tie to keep a tied head tied)")
 
 
 @hookimpl
 def to_canonical(path: Path, format: str, options: dict[str, Any]):
     if format == forkfile.NAME:
+        _no_merge_option(options)
         if _flag(options, "verify"):
             check_archive(path)
         alpha = options.get("alpha")
-        return _merge(forkfile.read(path, float(alpha) if alpha is not None else None), options)
+        return forkfile.read(path, float(alpha) if alpha is not None else None)
     if format == peftdir.NAME:
         return peftdir.read(path, options.get("base"))
     return None
@@ -119,10 +120,10 @@ def _targets(value) -> list[str]:
 
 
 def _edit(ck: Checkpoint, options: dict) -> Checkpoint:
-    """Apply ``merge``, ``rank``, ``targets`` and ``rank_change`` to ``ck``."""
-    if "tied_head" in options and not (_flag(options, "merge") or options.get("rank_change") == "merge"):
-        raise UsageError("option tied_head applies when merging: add --option merge=true (or rank_change=merge)")
-    ck = _merge(ck, options)
+    """Apply ``rank``, ``targets`` and ``rank_change`` to ``ck``."""
+    _no_merge_option(options)
+    if "tied_head" in options and ck.adapters and options.get("rank_change") != "merge":
+        raise UsageError("option tied_head applies when merging: add --merge-adapters (or --option rank_change=merge)")
     rank = _int(options, "rank")
     if rank is None:
         given = [k for k in ("targets", "rank_change", "init", "seed") if k in options]

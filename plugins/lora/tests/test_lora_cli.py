@@ -44,12 +44,15 @@ def test_cli_convert_options_warnings_and_refusals(ckpt, fork, tmp_path):
     assert refused.returncode == 7 and "--merge-adapters" in refused.stderr and "transformer.wte.weight" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.safetensors").exists()
 
+    old = ckpt("convert", src, tmp_path / "m.safetensors", "--to", "safetensors", "--allow-loss", "train_state",
+               "--option", "merge=true")
+    assert old.returncode == 2 and old.stderr == ("ckpt-core: error: --option merge=true is gone: merge with --merge-adapters "
+                                                  "(and --option tied_head=tie to keep a tied head tied)\n")
+    assert not (tmp_path / "m.safetensors").exists()
     merged = ckpt("convert", src, tmp_path / "m.safetensors", "--to", "safetensors", "--allow-loss", "train_state",
-                  "--option", "merge=true")
+                  "--merge-adapters", "--option", "tied_head=tie")
     assert merged.returncode == 0, merged.stderr
-    lines = merged.stderr.strip().splitlines()
-    assert any(line.startswith("ckpt-core: warning: merged 3 adapter(s)") for line in lines)
-    assert any(line.startswith("ckpt-core: warning: optimizer state dropped") for line in lines)
+    assert api.load(tmp_path / "m.safetensors").ties == {"lm_head.weight": "transformer.wte.weight"}
 
     padded = ckpt("convert", src, tmp_path / "r8.pt", "--to", "lora-nanogpt", "--option", "rank=8")
     assert padded.returncode == 2 and "rank_change=pad" in padded.stderr
@@ -60,8 +63,8 @@ def test_cli_convert_options_warnings_and_refusals(ckpt, fork, tmp_path):
     bad = ckpt("convert", src, tmp_path / "x.pt", "--to", "lora-nanogpt", "--option", "targets=mlp", "--option", "rank=2")
     assert bad.returncode == 2 and "targets" in bad.stderr
     bad = ckpt("convert", src, tmp_path / "x.pt", "--to", "lora-nanogpt", "--option", "tied_head=tie")
-    assert bad.returncode == 2 and "merge=true" in bad.stderr
-    bad = ckpt("convert", src, tmp_path / "x.pt", "--to", "canonical", "--option", "merge=true", "--option", "tied_head=both")
+    assert bad.returncode == 2 and "--merge-adapters" in bad.stderr
+    bad = ckpt("convert", src, tmp_path / "x.pt", "--to", "canonical", "--merge-adapters", "--option", "tied_head=both")
     assert bad.returncode == 2 and "untie, tie" in bad.stderr
     assert not (tmp_path / "x.pt").exists()
 

@@ -11,7 +11,7 @@ import torch
 from lora_reference import fork_model
 from lora_reference import LoRAConfig, LoRAGPT, batch, checkpoint_dict, train
 
-from ckpt_core import CkptWarning, CorruptInput, LossyConversion, UsageError, api
+from ckpt_core import CkptWarning, CorruptInput, LossyConversion, UsageError, api, transforms
 from ckpt_core.compare import differences
 
 
@@ -140,13 +140,11 @@ def _merged_model(ck, config: LoRAConfig) -> LoRAGPT:
     return plain.eval()
 
 
-def test_merge_matches_the_reference_forward(fork):
-    with pytest.warns(CkptWarning) as caught:
-        ck = api.load(fork["dir"] / "lora.pt", options={"merge": True})
-    messages = [str(w.message) for w in caught]
-    assert any("float32" in m and "untied" in m for m in messages)
-    assert any(m.startswith("optimizer state dropped") for m in messages)
-    assert not ck.adapters and ck.train_state.optimizer is None and ck.train_state.step == 3
+def test_merge_matches_the_reference_forward(fork, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CkptWarning)
+        ck = api.convert(fork["dir"] / "lora.pt", tmp_path / "merged", "canonical", merge_adapters=True)
+    assert not ck.adapters and ck.train_state.step == 3 and "lm_head.weight" not in ck.ties
     model = fork["model"]
     sd = model.state_dict()
     # the untied head keeps the main weight, exactly as the LoRA model's head computes
@@ -158,9 +156,11 @@ def test_merge_matches_the_reference_forward(fork):
         torch.testing.assert_close(_merged_model(ck, model.config)(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_merge_with_tie_kept(fork):
-    with pytest.warns(CkptWarning, match="tied_head=tie"):
-        ck = api.load(fork["dir"] / "lora.pt", options={"merge": True, "tied_head": "tie"})
+def test_merge_with_tie_kept(fork, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CkptWarning)
+        ck = api.convert(fork["dir"] / "lora.pt", tmp_path / "merged", "canonical", {"tied_head": "tie"}, merge_adapters=True)
+    assert not ck.adapters and api.load(tmp_path / "merged").ties == ck.ties
     assert ck.ties == {"lm_head.weight": "transformer.wte.weight"}
     model = fork["model"]
     expected = model.transformer.wte.main_weight.weight + model.transformer.wte.delta()
@@ -173,12 +173,12 @@ def test_converting_adapters_away_refuses_unless_merged(fork, tmp_path):
     assert not (tmp_path / "m.safetensors").exists()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CkptWarning)
-        api.convert(fork["dir"] / "lora.pt", tmp_path / "m.safetensors", "safetensors", allow_loss=["train_state"],
-                    merge_adapters=True)
-        by_option = api.convert(fork["dir"] / "lora.pt", tmp_path / "o.safetensors", "safetensors",
-                                {"merge": True}, allow_loss=["train_state"])
-    core = api.load(tmp_path / "m.safetensors")
-    assert differences(core.evolve(train_state=None), by_option.evolve(train_state=None, layout=core.layout)) == []
+        written = api.convert(fork["dir"] / "lora.pt", tmp_path / "m.safetensors", "safetensors", allow_loss=["train_state"],
+                              merge_adapters=True)
+    assert differences(api.load(tmp_path / "m.safetensors"), written.evolve(layout=api.load(tmp_path / "m.safetensors").layout)) == []
+    with pytest.raises(UsageError, match=r"--option merge=true is gone: merge with --merge-adapters"):  # one way to merge
+        api.convert(fork["dir"] / "lora.pt", tmp_path / "o.safetensors", "safetensors", {"merge": True}, allow_loss=["train_state"])
+    assert not (tmp_path / "o.safetensors").exists()
 
 
 def test_standard_to_lora_and_back_is_exact(plain, tmp_path):
@@ -202,7 +202,7 @@ def test_standard_to_lora_and_back_is_exact(plain, tmp_path):
         warnings.simplefilter("ignore", CkptWarning)
         api.convert(plain["path"], again, "lora-nanogpt", {"rank": 16, "targets": "attn,embedding"})
         api.convert(plain["path"], other, "lora-nanogpt", {"rank": 16, "targets": "attn,embedding", "seed": 7})
-        back = api.convert(dst, tmp_path / "standard", "canonical", {"merge": True})
+        back = api.convert(dst, tmp_path / "standard", "canonical", merge_adapters=True)
     key = "transformer.h.0.attn.c_attn.lora_A.weight"
     assert torch.equal(torch.load(again, weights_only=True)["model"][key], a)
     assert not torch.equal(torch.load(other, weights_only=True)["model"][key], a)
@@ -251,7 +251,7 @@ def test_rank_change_merge_starts_fresh(fork, tmp_path):
     assert {n: a.rank for n, a in ck.adapters.items()} == {n: 8 for n in ("transformer.wte.weight", "transformer.h.0.attn.c_attn.weight",
                                                                        "transformer.h.2.attn.c_attn.weight")}
     assert all(not (a.b.to_torch() @ a.a.to_torch()).any() for a in ck.adapters.values())  # fresh: B is zero
-    merged = _quiet_load(tmp_path / "r8.pt", merge=True)
+    merged = transforms.merge_adapters(_quiet_load(tmp_path / "r8.pt"))
     model = fork["model"]
     x = batch(model)
     with torch.no_grad():
@@ -309,3 +309,21 @@ def test_through_canonical_and_back_is_the_same_file(fork, tmp_path, name):
     assert a["param_names"] == b["param_names"] and a["model_args"] == b["model_args"] and a["config"] == b["config"]
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     assert all(torch.equal(v, b["optimizer"]["state"][p][k]) for p, s in a["optimizer"]["state"].items() for k, v in s.items())
+
+
+@pytest.mark.parametrize("empty", [{}, None])
+def test_empty_optimizer_means_no_state_and_is_written_back(fork, tmp_path, empty):
+    """The fork's dict with the optimizer saved as {} or None: no optimizer state, no
+    warning, and the same dict written back (directly and through MLX)."""
+    ckpt = {**torch.load(fork["dir"] / "lora.pt", weights_only=True), "optimizer": empty}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CkptWarning)
+        ck = api.load(tmp_path / "ckpt.pt")
+        assert ck.train_state.optimizer is None and ck.train_state.step == 3
+        api.save(ck, tmp_path / "back.pt", "lora-nanogpt")
+        api.save(ck, tmp_path / "canon", "canonical")
+        api.convert(tmp_path / "canon", tmp_path / "back-canon.pt", "lora-nanogpt")
+    for name in ("back.pt", "back-canon.pt"):
+        back = torch.load(tmp_path / name, weights_only=True)
+        assert list(back) == list(ckpt) and back["optimizer"] == empty and back["param_names"] == ckpt["param_names"]

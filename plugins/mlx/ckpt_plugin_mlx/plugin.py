@@ -110,15 +110,15 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]):
     if format != NAME:
         return None
     file = _checkpoint_path(path)
-    tensors, arch, ties, trainable, metadata = weights.read(file)
+    tensors, g, metadata = weights.read(file)
     state = names.companion(file, names.STATE)
     ck = Checkpoint(
-        arch=arch,
+        arch=g.arch,
         tensors=tensors,
-        ties=ties,
-        trainable=trainable,
+        ties=g.ties,
+        trainable=g.trainable,
         train_state=statefile.read(state, file) if state.is_file() else None,
-        layout=Layout(NAME, "run" if path.is_dir() else "file", {"metadata": metadata}),
+        layout=Layout(NAME, "run" if path.is_dir() else "file", {"metadata": metadata}, g.layouts),
     )
     ck.validate()
     return ck
@@ -147,8 +147,8 @@ def list_checkpoints(run_dir: Path, format: str) -> list[RunEntry] | None:
 def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dict[str, Any]):
     if format != NAME:
         return None
-    kept = checkpoint.layout.facts.get("metadata", {}) if checkpoint.layout.format == NAME else {}
-    metadata = weights.metadata_for(checkpoint, kept)
+    own = checkpoint.layout.of(NAME)
+    metadata = weights.metadata_for(checkpoint, own.facts.get("metadata", {}) if own else {}, NAME)
     ts = checkpoint.train_state
     if path.suffix == names.WEIGHTS:
         if ts is not None and options.get("weights_only") not in (True, "true"):

@@ -86,8 +86,8 @@ def _state(fields: dict[str, Any], opt, state_path: Path) -> TrainState:
         value = getattr(ts, key)
         if value is not None and (type(value) is not int):
             raise CorruptInput(f"{state_path}: {key} must be an integer, not {value!r}")
-    if not isinstance(ts.metrics, dict):
-        raise CorruptInput(f"{state_path}: metrics must be an object, not {ts.metrics!r}")
+    if ts.metrics is not None and not isinstance(ts.metrics, dict):  # null: no metrics yet (kept as it is)
+        raise CorruptInput(f"{state_path}: metrics must be an object or null, not {ts.metrics!r}")
     return ts
 
 

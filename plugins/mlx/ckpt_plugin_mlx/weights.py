@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ckpt_core import graph, safetensors_io
-from ckpt_core.model import Arch, Checkpoint
+from ckpt_core.model import Checkpoint
 from ckpt_core.tensor import Tensor
 
 META_KEY = "ckpt_core_mlx"
@@ -20,20 +20,20 @@ META_KEY = "ckpt_core_mlx"
 DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16", "F32", "F8_E4M3", "C64"})
 
 
-def read(path: Path) -> tuple[dict[str, Tensor], Arch, dict[str, str], tuple[str, ...] | None, dict[str, str]]:
-    """Lazy tensors, arch, ties, trainable set and the other metadata of a weights file."""
+def read(path: Path) -> tuple[dict[str, Tensor], graph.Graph, dict[str, str]]:
+    """Lazy tensors, the graph (arch, ties, trainable set, earlier layouts) and the other
+    metadata of a weights file."""
     tensors, metadata = safetensors_io.open_file(path)
     metadata = dict(metadata or {})
     stored = metadata.pop(META_KEY, None)
     if stored is None:
-        return tensors, graph.recognised_arch(tensors), {}, None, metadata
-    g = graph.from_json(stored, f"{path}: metadata {META_KEY!r}")
-    return tensors, g.arch, g.ties, g.trainable, metadata
+        return tensors, graph.Graph(graph.recognised_arch(tensors), {}, {}, None), metadata
+    return tensors, graph.from_json(stored, f"{path}: metadata {META_KEY!r}"), metadata
 
 
-def metadata_for(ck: Checkpoint, kept: dict[str, str]) -> dict[str, str]:
+def metadata_for(ck: Checkpoint, kept: dict[str, str], format: str) -> dict[str, str]:
     """The metadata to write: ``kept`` (what the source file had) and the graph JSON."""
-    return {**kept, META_KEY: graph.to_json(ck, "an MLX step file")}
+    return {**kept, META_KEY: graph.to_json(ck, "an MLX step file", format)}
 
 
 def write(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:

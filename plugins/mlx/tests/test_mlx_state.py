@@ -91,3 +91,16 @@ def test_weights_only_is_for_a_single_file(tmp_path):
     with pytest.raises(UsageError, match="weights_only"):
         api.save(ck, tmp_path / "out", "mlx", {"weights_only": True})
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("seed_state", [{"step": 3, "epoch": 0, "metrics": None}, {"step": 3}])
+def test_seed_state_without_metrics_or_epoch_is_read_as_it_is(seed_run, tmp_path, seed_state):
+    """A seed loop that saves before its first validation writes "metrics": null, or only
+    the step: nothing there, read without complaint, and kept through a conversion."""
+    (seed_run / "step_000003_state.json").write_text(json.dumps(seed_state))
+    ts = api.train_state(seed_run)
+    assert (ts.step, ts.epoch, ts.metrics) == (3, seed_state.get("epoch"), seed_state.get("metrics", {}))
+    api.convert(seed_run, tmp_path / "canon", "canonical")
+    api.convert(tmp_path / "canon", tmp_path / "out", "mlx")
+    written = json.loads((tmp_path / "out" / "step_000003_state.json").read_text())
+    assert (written["step"], written["epoch"], written["metrics"]) == (3, seed_state.get("epoch"), seed_state.get("metrics", {}))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_core import Adapter, Arch, Checkpoint, CorruptInput, Layout, NotFound, Tensor, UsageError
-from ckpt_core import jsonfile, safetensors_io
+from ckpt_core import graph, jsonfile, safetensors_io
 
 from . import keys, layout, state, ttt
 from .family import MOSHI
@@ -39,14 +39,16 @@ def locate(path: Path, step: int | None = None) -> tuple[str, Path, Path | None]
     return found, path, None
 
 
-def read_weights(consolidated: Path) -> tuple[str, dict[str, Tensor], dict[str, Any]]:
-    """(weights file name, its tensors under current moshi keys, config.json)."""
+def read_weights(consolidated: Path) -> tuple[str, dict[str, Tensor], dict[str, Any], tuple[Layout, ...]]:
+    """(weights file name, its tensors, config.json, the earlier layouts its metadata records)."""
     weights = layout.weights_file(consolidated)
     if not (consolidated / layout.CONFIG).is_file():
         raise CorruptInput(f"{consolidated}: no {layout.CONFIG} beside {weights.name}")
     config = jsonfile.read_object(consolidated / layout.CONFIG)
-    raw, _ = safetensors_io.open_file(weights)
-    return weights.name, raw, config
+    raw, metadata = safetensors_io.open_file(weights)
+    recorded = (metadata or {}).get(graph.LAYOUTS_KEY)
+    earlier = graph.layouts_from_json(recorded, f"{weights}: metadata {graph.LAYOUTS_KEY!r}") if recorded is not None else ()
+    return weights.name, raw, config, earlier
 
 
 def current_naming(raw: dict[str, Tensor], config: dict[str, Any]) -> tuple[dict[str, Tensor], bool]:
@@ -99,7 +101,7 @@ def assemble(flat: dict[str, Tensor], scaling: float | None, where: Path) -> tup
 def read(path: Path, options: dict[str, Any]) -> Checkpoint:
     """The canonical Checkpoint at ``path`` (options: ``step``, ``base``)."""
     found, consolidated, run_dir = locate(path, options.get("step"))
-    weights_name, raw, config = read_weights(consolidated)
+    weights_name, raw, config, earlier = read_weights(consolidated)
     current, legacy = current_naming(raw, config)
     flat = {keys.to_canonical(k): t for k, t in current.items()}
     if len(flat) != len(current):
@@ -127,7 +129,7 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
         adapters=adapters,
         train_state=ts,
         layout=Layout(NAME, found, {"weights": weights_name, "legacy_naming": legacy,
-                                    "trained": trained}),
+                                    "trained": trained}, earlier),
     )
 
 
@@ -153,7 +155,7 @@ def with_base(flat: dict[str, Tensor], base: Path) -> dict[str, Tensor]:
         current, _ = current_naming(raw, {})
     else:
         _, consolidated, _ = locate(base)
-        _, raw, config = read_weights(consolidated)
+        _, raw, config, _ = read_weights(consolidated)
         current, _ = current_naming(raw, config)
     base_flat = {keys.to_canonical(k): t for k, t in current.items()}
     lora_like = [n for n in base_flat if n.endswith((keys.LORA_A, keys.LORA_B))]

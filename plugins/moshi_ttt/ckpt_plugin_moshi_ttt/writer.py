@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import Checkpoint, LossyConversion, Tensor, UsageError, safetensors_io
+from ckpt_core import Checkpoint, LossyConversion, Tensor, UsageError, graph, safetensors_io
 from ckpt_core.tensor import same_bytes
 
 from . import keys, layout, reader, state, ttt
@@ -48,10 +48,11 @@ def unattached_lora(ck: Checkpoint) -> list[str]:
 def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
     """Write ``ck`` at ``path`` (which does not exist yet)."""
     init_state = _flag(options, "init_state")
+    own = ck.layout.of(reader.NAME)
     default_layout = ("consolidated" if path.name == layout.CONSOLIDATED or init_state else
                       "checkpoint" if layout.STEP.match(path.name) else
-                      ck.layout.variant if ck.layout.format == reader.NAME else
-                      "run" if ck.train_state is not None else "consolidated")  # no state: no step to invent
+                      "consolidated" if ck.train_state is None else  # no state: no step to invent
+                      own.variant if own is not None else "run")
     where = _choice(options, "layout", LAYOUTS, default_layout)
     weights = _choice(options, "weights", ("full", "lora"), "lora" if unattached_lora(ck) else "full")
     naming = _choice(options, "naming", ("current", "legacy"), "current")
@@ -70,7 +71,9 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
             raise UsageError("naming=legacy writes plain weights only: merge the adapters (--merge-adapters) or write weights=lora")
         tensors = keys.join_legacy(tensors)
     consolidated = _folders(path, where, ts)
-    safetensors_io.write_file(consolidated / (layout.FULL if weights == "full" else layout.LORA), dict(sorted(tensors.items())))
+    recorded = graph.layouts_to_json(ck, reader.NAME)  # the source's layouts, so converting back needs no options
+    safetensors_io.write_file(consolidated / (layout.FULL if weights == "full" else layout.LORA), dict(sorted(tensors.items())),
+                              {graph.LAYOUTS_KEY: recorded} if recorded else None)
     safetensors_io.write_bytes(consolidated / layout.CONFIG, (json.dumps(config, indent=2) + "\n").encode())
     if ts is not None:
         _write_state(ts, consolidated, path)
@@ -142,7 +145,8 @@ def _full(ck: Checkpoint) -> tuple[dict[str, Tensor], dict[str, Any]]:
 def _lora(ck: Checkpoint, drop_frozen: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
     _check_ties(ck)
     layers = keys.ttt_layers(ck.names())
-    trained = ck.layout.facts.get("trained") if ck.layout.format == reader.NAME else None
+    own = ck.layout.of(reader.NAME)
+    trained = own.facts.get("trained") if own is not None else None
     if trained is None:
         trained = [n for n in ck.names() if keys.TTT_LAYER.match(n) and not keys.ALIAS.match(n)]
     keep = set(trained) | set(unattached_lora(ck)) | {a for a, t in ck.ties.items() if t.endswith((keys.LORA_A, keys.LORA_B))}

@@ -25,6 +25,7 @@ from .family import MODDED_GPT
 from .kinds import KINDS, PREFIX, Kind, Unsupported, kind_of, strip_prefix
 
 LEFTOVERS = "ckpt_core"  # what the upstream layout has no slot for, written by this plugin
+EMPTY = ("optimizer", "config", "best_val_loss")  # keys a real file may hold as {} or None: nothing
 DIFFERENT = ("modded-nanogpt is not nanoGPT: parameter-free RMSNorm, rotary positions, relu^2, value embeddings "
              "and skip connections; its keys map onto gpt names but the model computes differently")
 
@@ -123,6 +124,9 @@ def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
     facts = {"prefix": prefix, "variant": "dict" if obj is not model else "bare"}
     if isinstance(top.get("model_args"), dict):
         facts["model_args_keys"] = list(top["model_args"])
+    empty = {k: top[k] for k in EMPTY if k in top and _empty(top[k])}
+    if empty:
+        facts["empty"] = empty  # written back as they were while the training state has nothing there
     extra = dict(leftovers.get("extra", {}))
     if isinstance(top.get("code"), str) and kind.family == "modded-gpt":
         extra = {kind.format: {"code": top["code"]}, **extra}
@@ -130,6 +134,11 @@ def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
                     layout=Layout(kind.format, kind.layout, facts), extra=extra)
     schema.check(GPT if kind.family == "gpt" else MODDED_GPT, ck)  # missing layers, shapes: before the optimizer
     return ck.evolve(train_state=train_state_of(path, kind, top, leftovers, tensors))
+
+
+def _empty(value: Any) -> bool:
+    """Whether a top-level value says "nothing": None or an empty dict (``"optimizer": {}``)."""
+    return value is None or (isinstance(value, dict) and not value)
 
 
 def _kind(path: Path, fmt: str, shapes: dict) -> Kind:
@@ -167,8 +176,8 @@ def train_state_of(path: Path, kind: Kind, top: dict, leftovers: dict, tensors: 
     fields: dict[str, Any] = {"step": top.get(step_key)}
     if kind.family == "gpt":
         fields["best_metric"] = top.get("best_val_loss")
-        fields["config"] = top.get("config", {})
-        if "optimizer" in top:
+        fields["config"] = top.get("config") or {}
+        if not _empty(top.get("optimizer")):
             fields["optimizer"] = trainstate.adamw_by_name(top["optimizer"], tensors, str(path))
     else:
         for key in ("optimizers", "optimizer"):  # a list of state dicts, or (2026) one

@@ -55,15 +55,16 @@ def write(ck: Checkpoint, path: Path, fmt: str, options: dict[str, Any]) -> None
         named = {n: t for n, t in named.items() if n not in unmapped}
     shapes = {n: t.shape for n, t in named.items()}
 
+    own = ck.layout.of(*KINDS)  # this plugin's layout, as the source was or as an earlier file recorded it
     prefix_flag = flag(options, "orig_mod_prefix")
     if prefix_flag is None:
-        prefix = ck.layout.facts.get("prefix", "") if ck.layout.format in KINDS else (PREFIX if kind.family == "modded-gpt" else "")
+        prefix = own.facts.get("prefix", "") if own else (PREFIX if kind.family == "modded-gpt" else "")
     else:
         prefix = PREFIX if prefix_flag else ""
     model = {prefix + key: t for key, t in upstream.items()}
 
     bare = flag(options, "bare")
-    want_bare = bare if bare is not None else (ck.layout.format in KINDS and ck.layout.facts.get("variant") == "bare")
+    want_bare = bare if bare is not None else (own is not None and own.facts.get("variant") == "bare")
     top = _top(ck, kind, shapes, untie(named)[0], want_bare)
     if want_bare and top:
         if bare:
@@ -79,14 +80,19 @@ def _top(ck: Checkpoint, kind: Kind, shapes: dict, stored: dict, bare: bool) -> 
     leftovers: dict[str, Any] = {}
     margs: dict[str, Any] = {}
     if kind.family == "gpt":
-        known = ck.layout.facts.get("model_args_keys") if ck.layout.format == "nanogpt" else None
+        nanogpt = ck.layout.of("nanogpt")
+        known = nanogpt.facts.get("model_args_keys") if nanogpt else None
         margs = params.model_args(ck.arch.params, known)
         found = params.gpt_params(shapes, None if bare else margs)
     else:
         found = params.modded_params(shapes, kind.layout)
     if tree_differences(found, ck.arch.params, "arch"):
         leftovers["arch"] = ck.arch.params
-    top = _nanogpt_top(ck, stored, margs, leftovers) if kind.family == "gpt" else _modded_top(ck, kind, leftovers)
+    if kind.family == "gpt":
+        nanogpt = ck.layout.of("nanogpt")
+        top = _nanogpt_top(ck, stored, margs, leftovers, nanogpt.facts.get("empty", {}) if nanogpt else {})
+    else:
+        top = _modded_top(ck, kind, leftovers)
     if bare:
         top.pop("model_args", None)
     if leftovers:
@@ -118,7 +124,9 @@ def _unstated(ts: TrainState, fields: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def _nanogpt_top(ck: Checkpoint, stored: dict, margs: dict, leftovers: dict) -> dict:
+def _nanogpt_top(ck: Checkpoint, stored: dict, margs: dict, leftovers: dict, empty: dict) -> dict:
+    """The nanoGPT dict's entries; ``empty``: the source's keys that held {} or None, written
+    back as they were where the training state still has nothing for them."""
     top: dict[str, Any] = {"model_args": margs}
     ts = ck.train_state
     if ts is not None:
@@ -139,6 +147,7 @@ def _nanogpt_top(ck: Checkpoint, stored: dict, margs: dict, leftovers: dict) -> 
             top["config"] = ts.config
         if stated or "iter_num" not in top:
             leftovers["train_state"] = stated
+    top.update((k, v) for k, v in empty.items() if k not in top)
     if ck.extra:
         leftovers["extra"] = ck.extra
     return top

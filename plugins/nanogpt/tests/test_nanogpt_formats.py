@@ -328,3 +328,21 @@ def test_pre_2025_07_separate_scalar_tensors(upstream, tmp_path, capsys):
     assert same_tree(dict(ckpt), dict(load(tmp_path / "back.pt")))
     code, _, err = run(capsys, "convert", path, tmp_path / "m.pt", "--to", "modded-nanogpt-medium")
     assert code == 7 and "skip_weights" in err and "blocks.0.lambdas" in err
+
+
+@pytest.mark.parametrize("empty", [{"optimizer": {}}, {"optimizer": None, "best_val_loss": None, "config": {}}])
+def test_empty_optimizer_and_unset_fields_mean_no_state(upstream, tmp_path, capsys, empty):
+    """train.py's dict with an optimizer saved as {} (a script that drops its state) or None,
+    no validation loss yet, an empty config: nothing there, read without complaint, and
+    written back as it was (through MLX too)."""
+    ckpt = {**load(upstream["nanogpt"]), **empty}
+    path = tmp_path / "ckpt.pt"
+    torch.save(ckpt, path)
+    ck = ckpt_core.load(path)
+    assert ck.train_state.step == 3 and ck.train_state.optimizer is None
+    code, out, err = run(capsys, "inspect", path)
+    assert code == 0 and err == ""
+    ckpt_core.convert(path, tmp_path / "mlx", "mlx")
+    for back in (tmp_path / "back.pt", tmp_path / "back-mlx.pt"):
+        ckpt_core.convert(path if back.name == "back.pt" else tmp_path / "mlx", back, "nanogpt")
+        assert same_tree(ckpt, load(back)), back.name

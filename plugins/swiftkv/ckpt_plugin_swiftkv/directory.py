@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import Arch, Checkpoint, CorruptInput, LossyConversion, Tensor, UsageError
+from ckpt_core import Arch, Checkpoint, CorruptInput, LossyConversion, Tensor, UsageError, graph
 from ckpt_core.model import Layout
 
 from . import config as cfg
@@ -28,7 +28,9 @@ def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
     if found is None:
         raise CorruptInput(f"{path / hfdir.CONFIG}: model_type {config.get('model_type')!r} is not llama, qwen2 or qwen3 "
                            "(or a *_swiftkv student of one)")
-    tensors, kind = hfdir.open_weights(path)
+    tensors, kind, ignored, metadata = hfdir.open_weights(path)
+    recorded = metadata.get(graph.LAYOUTS_KEY)
+    earlier = graph.layouts_from_json(recorded, f"{path}: metadata {graph.LAYOUTS_KEY!r}") if recorded is not None else ()
     ties = dict(cfg.TIE) if (config.get("tie_word_embeddings") is True and cfg.LM_HEAD not in tensors
                              and cfg.EMBED in tensors) else {}
     params = cfg.params_from_config(config)
@@ -44,7 +46,8 @@ def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
             params = cfg.ordered({**params, "num_key_value_layers": plan.num_kv_layers, "key_value_group_size": plan.group_size})
         kv_sharing, trainable = plan.kv_sharing(), swiftkv.trainable(tensors)
     ck = Checkpoint(arch=Arch(found[0], params), tensors=tensors, ties=ties, kv_sharing=kv_sharing, trainable=trainable,
-                    layout=Layout(fmt, plan.variant if plan else kind, {"weights": kind}))
+                    layout=Layout(fmt, plan.variant if plan else kind, {"weights": kind, **({"ignored": ignored} if ignored else {})},
+                                  earlier))
     kept = {"config": cfg.carried(config, cfg.derived(ck, plan)), "files": hfdir.carried_files(path)}
     kept = {k: v for k, v in kept.items() if v}
     return ck.evolve(extra={fmt: kept} if kept else {})
@@ -63,7 +66,8 @@ def write(ck: Checkpoint, path: Path, fmt: str, options: dict[str, Any]) -> Chec
     else:
         ck, plan = _student(ck, options)
     config = cfg.build(cfg.derived(ck, plan), fields, teacher=plan is None)
-    hfdir.write(path, ck.tensors, config, files, options.get("max_shard_size", "5GB"))
+    recorded = graph.layouts_to_json(ck, fmt)  # the source's layouts, so converting back needs no options
+    hfdir.write(path, ck.tensors, config, files, options.get("max_shard_size", "5GB"), {graph.LAYOUTS_KEY: recorded} if recorded else {})
     return ck
 
 

@@ -1,10 +1,13 @@
 """Hugging Face model directories on disk: config.json, weight files, the other files.
 
-Reading follows whatever the directory has: ``model.safetensors``, shards through
-``model.safetensors.index.json`` (its ``weight_map``, whatever the shard names),
-``pytorch_model.bin`` or its shards through ``pytorch_model.bin.index.json`` (loaded with
-``weights_only`` and mmap: nothing runs, nothing is read until used). Writing always
-produces HF-standard safetensors shards with metadata ``{"format": "pt"}`` and an index
+Reading takes the weights transformers' ``from_pretrained`` takes, in its order (5.x,
+``_get_resolved_checkpoint_files``): ``model.safetensors``, then
+``model.safetensors.index.json`` (its ``weight_map``, whatever the shard names), then
+``pytorch_model.bin``, then ``pytorch_model.bin.index.json`` (pickles read by the inert
+scanner: nothing runs, nothing is read until used); only when none of those is there,
+another lone ``*.safetensors`` file or index. Weight files outside the chosen set are
+ignored (not read, not carried) and named by ``ignored`` (``inspect`` lists them). Writing
+always produces HF-standard safetensors shards with metadata ``{"format": "pt"}`` and an index
 when there are several. Every other top-level file (tokenizer, generation config,
 ``training_args.bin``) is carried unopened, as a lazy U8 tensor over the file's bytes: a
 large file costs nothing until it is written, and then it is streamed.
@@ -41,21 +44,31 @@ def read_config(directory: Path) -> dict:
     return jsonfile.read_object(path)
 
 
+# transformers' order (from_pretrained): the first of these that is a file holds the weights
+PRECEDENCE = ((SAFETENSORS, "safetensors"), (f"model{INDEX_SUFFIX}", "safetensors"), (BIN, "bin"), (BIN_INDEX, "bin"))
+
+
 def weights(directory: Path) -> tuple[str, Path] | None:
     """Which weights the directory has: ("safetensors" | "bin", the index or single file)."""
+    for name, kind in PRECEDENCE:
+        if (directory / name).is_file():
+            return kind, directory / name
     index = find_index(directory)
     if index is not None:
         return "safetensors", index
-    single = directory / SAFETENSORS
     found = sorted(p for p in directory.glob("*.safetensors") if p.is_file())
-    if single.is_file() or len(found) == 1:
-        return "safetensors", single if single.is_file() else found[0]
-    if found:
+    if len(found) > 1:
         raise CorruptInput(f"{directory}: {len(found)} .safetensors files and no *{INDEX_SUFFIX} to say how they join")
-    for name in (BIN_INDEX, BIN):
-        if (directory / name).is_file():
-            return "bin", directory / name
-    return None
+    return ("safetensors", found[0]) if found else None
+
+
+def ignored(directory: Path, chosen: Path) -> list[str]:
+    """The directory's weight files that are not ``chosen`` (an index and its shards, or one
+    file), by name: what a reader of ``chosen`` leaves alone."""
+    used = {chosen.name}
+    if chosen.name.endswith(".json"):
+        used |= {p.name for p in read_index(chosen)[0].values()}
+    return sorted(p.name for p in directory.iterdir() if is_weight_file(p.name) and p.name not in used and p.is_file())
 
 
 def no_weights(directory: Path) -> NotFound:
@@ -76,16 +89,24 @@ def tensor_names(directory: Path) -> list[str] | None:
     return None
 
 
-def open_weights(directory: Path) -> tuple[dict[str, Tensor], str]:
-    """Lazy tensors of the directory's weights and which kind they are."""
+def open_weights(directory: Path) -> tuple[dict[str, Tensor], str, list[str], dict[str, str]]:
+    """Lazy tensors of the directory's weights, which kind they are, the weight files
+    ignored beside them, and the (first) safetensors file's metadata."""
     found = weights(directory)
     if found is None:
         raise no_weights(directory)
     kind, path = found
+    tensors = _open(path, kind)
+    first = next(iter(tensors.values()), None)
+    metadata = dict(read_header(first.file_range.path)[1] or {}) if kind == "safetensors" and first is not None else {}
+    return tensors, kind, ignored(directory, path), metadata
+
+
+def _open(path: Path, kind: str) -> dict[str, Tensor]:
     if kind == "safetensors":
-        return (open_sharded(path)[0] if path.name.endswith(".json") else open_file(path)[0]), kind
+        return open_sharded(path)[0] if path.name.endswith(".json") else open_file(path)[0]
     if path.name == BIN:
-        return _bin_tensors(path), kind
+        return _bin_tensors(path)
     weight_map, _ = read_index(path)
     tensors: dict[str, Tensor] = {}
     for shard in sorted(set(weight_map.values()), key=lambda p: p.name):
@@ -97,7 +118,7 @@ def open_weights(directory: Path) -> tuple[dict[str, Tensor], str]:
     missing = [n for n in weight_map if n not in tensors]
     if missing:
         raise CorruptInput(f"{path}: index puts {missing[0]!r} in {weight_map[missing[0]].name}, which has no such tensor")
-    return tensors, kind
+    return tensors
 
 
 def _bin_tensors(path: Path) -> dict[str, Tensor]:
@@ -114,15 +135,16 @@ def carried_files(directory: Path) -> dict[str, Tensor]:
 
 
 def write(directory: Path, tensors: dict[str, Tensor], config: dict, files: dict[str, Tensor | bytes],
-          max_shard_size: int | str) -> None:
-    """Write a model directory at ``directory`` (which must not exist yet)."""
+          max_shard_size: int | str, metadata: dict[str, str]) -> None:
+    """Write a model directory at ``directory`` (which must not exist yet); every shard's
+    metadata is ``{"format": "pt"}`` and ``metadata``."""
     for name in files:
         if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
             raise UnsafeInput(f"carried file name {name!r} is not a plain file name")
         if name == CONFIG or is_weight_file(name):
             raise CorruptInput(f"carried file {name!r} would clash with the weights or config this writes")
     directory.mkdir()
-    write_sharded(directory, tensors, max_shard_size, metadata={"format": "pt"})
+    write_sharded(directory, tensors, max_shard_size, metadata={"format": "pt", **metadata})
     write_bytes(directory / CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     for name, data in files.items():
         if isinstance(data, Tensor):

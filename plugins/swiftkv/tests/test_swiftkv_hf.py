@@ -107,6 +107,55 @@ def test_pytorch_model_bin_single_and_sharded(tmp_path, llama_model, llama_dir, 
     assert all(same_bytes(same.tensors[n], t) for n, t in ckpt_core.load(out).tensors.items())
 
 
+def _stale(model):
+    """A copy of ``model`` with other values: what a stale or unrelated weight file holds."""
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.fill_(7.0)
+    return other
+
+
+@pytest.mark.parametrize("case", ["bin beside a stray safetensors", "safetensors beside a stale bin",
+                                  "safetensors beside a stale index", "bin beside a stale bin index"])
+def test_weights_are_chosen_as_transformers_chooses_them(tmp_path, llama_model, case):
+    """transformers' order (from_pretrained): model.safetensors, model.safetensors.index.json,
+    pytorch_model.bin, pytorch_model.bin.index.json. ckpt-core reads exactly what
+    from_pretrained loads, and inspect names the weight files it leaves alone."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    directory, other = tmp_path / "model", tmp_path / "other"
+    if case.startswith("bin"):
+        save_bin(llama_model, directory)
+    else:
+        llama_model.save_pretrained(directory)
+    if case == "bin beside a stray safetensors":
+        save_file(_state(_stale(llama_model)), str(directory / "adapter.safetensors"))
+    elif case == "safetensors beside a stale bin":
+        torch.save(_state(_stale(llama_model)), directory / "pytorch_model.bin")
+    elif case == "safetensors beside a stale index":
+        _stale(llama_model).save_pretrained(other, max_shard_size="20KB")
+    else:
+        save_bin(_stale(llama_model), other, 3)
+    for p in other.glob("*") if other.is_dir() else ():
+        if p.name != "config.json":
+            shutil.copy(p, directory / p.name)
+    chosen = "pytorch_model.bin" if case.startswith("bin") else "model.safetensors"
+    ignored = sorted(p.name for p in directory.iterdir() if p.name not in ("config.json", "generation_config.json", chosen))
+    ck = ckpt_core.load(directory)
+    _assert_matches_model(ck, AutoModelForCausalLM.from_pretrained(directory))
+    _assert_matches_model(ck, llama_model)
+    out = subprocess.run([*CLI, "inspect", str(directory), "--json"], capture_output=True, text=True)
+    assert out.returncode == 0 and json.loads(out.stdout)["ignored"] == ignored, out.stderr
+    text = subprocess.run([*CLI, "inspect", str(directory)], capture_output=True, text=True).stdout
+    assert any(line.split()[:2] == ["ignored", "files"] and ignored[0] in line for line in text.splitlines()), text
+    ckpt_core.convert(directory, tmp_path / "out", "hf")
+    assert not {p.name for p in (tmp_path / "out").iterdir()} & set(ignored)  # ignored: not carried either
+
+
 def test_config_without_weights_is_not_a_checkpoint(tmp_path, llama_model):
     directory = tmp_path / "config-only"
     llama_model.config.save_pretrained(directory)
