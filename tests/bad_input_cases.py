@@ -33,7 +33,7 @@ from pathlib import Path
 
 import attrs
 
-from ckpt_core import Arch, Checkpoint, Tensor, TrainState, api, torch_save
+from ckpt_core import Arch, Checkpoint, Tensor, TrainState, api, torchfile
 from ckpt_core.plugins import registry
 from ckpt_core.schema import expected_shape
 
@@ -108,7 +108,7 @@ def _build(root: Path) -> dict[str, Path]:
     peft_bin = put("peft:bin", "adapter")
     shutil.copytree(made["peft"], peft_bin)
     weights = peft_bin / "adapter_model.safetensors"
-    torch_save.save(_safetensors_tree(weights), peft_bin / "adapter_model.bin")
+    torchfile.save(_safetensors_tree(weights), peft_bin / "adapter_model.bin")
     weights.unlink()
 
     api.save(gpt, put("canonical", "canonical"), "canonical")
@@ -131,13 +131,13 @@ def _build(root: Path) -> dict[str, Path]:
     bin_teacher = put("hf:bin", "teacher")
     bin_teacher.mkdir()
     shutil.copy(teacher / "config.json", bin_teacher / "config.json")
-    torch_save.save(dict(llama.tensors), bin_teacher / "pytorch_model.bin")
+    torchfile.save(dict(llama.tensors), bin_teacher / "pytorch_model.bin")
     api.convert(teacher, put("swiftkv", "student"), "swiftkv", {"kv_sharing_map": {1: 0}})
     student = api.load(made["swiftkv"])
     output = put("swiftkv:deepspeed", "output")
     tag = output / "epoch_1_global_step_40"
     tag.mkdir(parents=True)
-    torch_save.save({"module": dict(student.tensors), "optimizer": None, "lr_scheduler": {"last_epoch": 40},
+    torchfile.save({"module": dict(student.tensors), "optimizer": None, "lr_scheduler": {"last_epoch": 40},
                      "global_steps": 40, "global_samples": 320, "ds_config": {"zero_optimization": {"stage": 2}},
                      "ds_version": "0.16.4"}, tag / "mp_rank_00_model_states.pt")
     (output / "latest").write_text(tag.name)

@@ -356,7 +356,7 @@ def _crc32_range(rng: FileRange) -> str:
 def copy_range(rng: FileRange, out) -> None:
     """Append a file range to the open file ``out`` without passing the bytes through
     Python (``copy_file_range``; read and written where the kernel cannot). Every writer of
-    file-range tensors uses it (safetensors here, ``torch_save``)."""
+    file-range tensors uses it (safetensors here, ``torchfile.save``)."""
     with open(rng.path, "rb") as src:
         offset, left = rng.offset, rng.nbytes
         while left:

@@ -132,7 +132,7 @@ class Tensor:
 
     def to_torch(self):
         """The data as a torch tensor of the same dtype (imports torch)."""
-        from .torch_io import to_torch
+        from .torchfile import to_torch
 
         return to_torch(self)
 

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from ckpt_core import Checkpoint, CkptWarning, FormatSpec, UsageError, hookimpl
-from ckpt_core.torch_io import VERIFY_OPTION, check_archive
+from ckpt_core.torchfile import VERIFY_OPTION, check_archive
 
 from . import detection, edit, forkfile, peftdir
 

@@ -9,7 +9,7 @@ share this one safe path instead of each writing its own:
 - ``from_torch`` wraps a torch tensor as a lazy ckpt-core Tensor (bytes read when a writer
   streams it); ``to_torch`` goes the other way, exactly, BF16 and FP8 included.
 - ``tree_from_torch`` does that for a whole loaded pickle (optimizer state, configs).
-  Writing goes the other way through ``ckpt_core.torch_save``, which streams Tensors.
+  Writing goes the other way through ``torchfile.writing``, which streams Tensors.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorruptInput, NotFound, UnsafeInput
-from .tensor import Tensor
+from ..errors import CorruptInput, NotFound, UnsafeInput
+from ..tensor import Tensor
 
 # safetensors dtype name -> torch dtype attribute name
 TORCH_DTYPES = {
@@ -206,7 +206,7 @@ def unsafe_globals(path: Path) -> list[str]:
     """Globals a pickle names that ``weights_only`` loading does not allow (reads, never runs)."""
     from torch.serialization import get_unsafe_globals_in_checkpoint
 
-    from .torch_pickle import python3_name
+    from .scanner import python3_name
 
     try:
         found = get_unsafe_globals_in_checkpoint(str(path))
@@ -226,7 +226,7 @@ def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[A
     """
     import torch
 
-    from . import torch_pickle
+    from . import scanner
 
     path = Path(path)
     if not path.is_file():
@@ -246,7 +246,7 @@ def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[A
             built = re.findall(r"but got <class '([\w.]+)'>", str(e))  # a type to build, which the scan misses
             named = re.findall(r"unsupported GLOBAL ([\w.]+)", str(e))  # what a legacy (non-zip) pickle needs
             names = [n for n in unsafe_globals(path) if n not in allowed] or built or named or \
-                [n for n in torch_pickle.named_globals(path) if n not in allowed and not torch_pickle.is_plain(n)]
+                [n for n in scanner.named_globals(path) if n not in allowed and not scanner.is_plain(n)]
             if not names:  # not a global it refused: the bytes are not a pickle torch wrote
                 raise CorruptInput(f"{path}: not a readable torch pickle ({_torch_reason(e)})") from e
             raise UnsafeInput(f"{path}: loading it would run code from the file (it needs {', '.join(names)}); refused") from e

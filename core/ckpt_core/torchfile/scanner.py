@@ -6,7 +6,7 @@ file names that is not a plain container becomes an inert ``Record`` (its name a
 arguments it was given), so a script-defined dataclass never runs. ``lazy`` turns a scan
 with no records into what ``torch.load`` would give, tensors as lazy file ranges, and
 ``load`` is what readers call: the scanner for plain checkpoints (no torch import, which
-costs seconds and some 200 MB), ``torch_io.load_pickle`` for the rest. ``stub_tensor``
+costs seconds and some 200 MB), ``reading.load_pickle`` for the rest. ``stub_tensor``
 reads one stub, for a file whose other parts ``weights_only`` refuses. Written by hand
 because no library reads torch's format without torch; it allows less than
 ``weights_only`` does, never more.
@@ -29,10 +29,10 @@ from typing import Any
 import attrs
 import numpy as np
 
-from . import dtypes
-from .errors import CorruptInput
-from .tensor import Tensor
-from .torch_io import TORCH_DTYPES, data_offset, is_zip, load_pickle, tree_from_torch
+from .. import dtypes
+from ..errors import CorruptInput
+from ..tensor import Tensor
+from .reading import TORCH_DTYPES, data_offset, is_zip, load_pickle, tree_from_torch
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds structure, not weights
 
@@ -269,7 +269,7 @@ def load(path: Path | str, allowed_globals: Sequence[Any] = ()) -> Any:
     """A torch file's data as a ckpt-core tree, tensors lazy, nothing run.
 
     Read by the scanner when the pickle names only tensors and plain containers (no torch
-    import); otherwise by ``torch_io.load_pickle`` (weights only, ``allowed_globals``
+    import); otherwise by ``reading.load_pickle`` (weights only, ``allowed_globals``
     more), which refuses what needs code. Either way OrderedDicts come back as dicts and
     tensors as ``Tensor``s.
     """

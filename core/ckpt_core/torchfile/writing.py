@@ -2,7 +2,7 @@
 
 ``torch.save`` needs torch (seconds to import, some 200 MB) and every tensor in memory.
 This writes the same file from lazy ckpt-core Tensors, and it loads with
-``torch.load(weights_only=True, mmap=True)`` and with ``torch_pickle.load``:
+``torch.load(weights_only=True, mmap=True)`` and with ``torchfile.load``:
 
 - ``data.pkl`` is the pickle torch writes, opcode for opcode (empty bytes aside, see
   ``_pickle``): protocol 2, each tensor a ``torch._utils._rebuild_tensor_v2`` call over a
@@ -46,11 +46,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import progress
-from .errors import CorruptInput
-from .safetensors_io import copy_range, write_all
-from .tensor import FileRange, Tensor
-from .torch_io import TORCH_DTYPES, is_zip, stored_records
+from .. import progress
+from ..errors import CorruptInput
+from ..safetensors_io import copy_range, write_all
+from ..tensor import FileRange, Tensor
+from .reading import TORCH_DTYPES, is_zip, stored_records
 
 PROTOCOL = 2  # torch.save's default
 ALIGNMENT = 64  # torch aligns every record's data to this (its ``.storage_alignment``)
