@@ -24,14 +24,14 @@ def test_round_trip_every_dtype_bit_exact(dtype):
     original = words.view(getattr(torch, torchfile.TORCH_DTYPES[dtype])) if torchfile.TORCH_DTYPES[dtype] != "bool" else words % 2 == 1
     t = torchfile.from_torch(original)
     assert t.dtype == dtype and t.shape == tuple(original.shape)
-    back = t.to_torch()
+    back = torchfile.to_torch(t)
     assert back.dtype == original.dtype
     assert torch.equal(back.reshape(-1).view(torch.uint8), original.contiguous().reshape(-1).view(torch.uint8))
 
 
 @pytest.mark.parametrize("dtype", ["F32", "BF16", "I64", "U8"])
 def test_empty_tensors_of_every_width_convert(dtype):
-    back = Tensor.from_bytes(b"", dtype, (0, 3)).to_torch()
+    back = torchfile.to_torch(Tensor.from_bytes(b"", dtype, (0, 3)))
     assert back.shape == (0, 3) and back.dtype == getattr(torch, torchfile.TORCH_DTYPES[dtype])
 
 
@@ -78,7 +78,7 @@ def test_tensor_to_torch_matches_from_numpy():
     import numpy as np
 
     t = Tensor.from_numpy(np.array([0x3F80, 0x4000], dtype=np.uint16), "BF16")
-    assert t.to_torch().tolist() == [1.0, 2.0]
+    assert torchfile.to_torch(t).tolist() == [1.0, 2.0]
 
 
 def test_tree_from_torch_makes_plain_trees_with_lazy_tensors():
@@ -110,7 +110,7 @@ def test_tensors_of_a_loaded_pickle_are_file_ranges_with_the_same_bytes(tmp_path
         assert lazy[name].tobytes() == saved[name].contiguous().view(torch.uint8).numpy().tobytes(), name
     assert lazy["w"].file_range == lazy["tied"].file_range
     assert lazy["row"].file_range.offset == lazy["w"].file_range.offset + 2 * 4 * 4
-    assert lazy["cols"].file_range is None and torch.equal(lazy["cols"].to_torch(), weight.t())  # not contiguous: read via torch
+    assert lazy["cols"].file_range is None and torch.equal(torchfile.to_torch(lazy["cols"]), weight.t())  # not contiguous: read via torch
     assert lazy["empty"].shape == (0, 2)
 
 

@@ -109,7 +109,11 @@ class Tensor:
     # -- materialising -------------------------------------------------------------
 
     def raw(self) -> np.ndarray:
-        """The data as unsigned words of the dtype's width, shaped. Reads the bytes."""
+        """The data as unsigned words of the dtype's width, shaped. Reads the bytes.
+
+        A shape numpy cannot hold (more than 64 dimensions, or an empty tensor with a
+        dimension of 2**63) stays flat: comparing, casting and writing work on words alone.
+        """
         data = self._load()
         if isinstance(data, np.ndarray):
             data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
@@ -117,24 +121,22 @@ class Tensor:
             data = np.frombuffer(data, dtype=np.uint8)
         if data.size != self.nbytes:
             raise CorruptInput(f"tensor data is {data.size} bytes, expected {self.nbytes} for {self!r}")
-        return data.view(dtypes.get(self.dtype).raw).reshape(self.shape)
+        words = data.view(dtypes.get(self.dtype).raw)
+        try:
+            return words.reshape(self.shape)
+        except ValueError:  # the size is right (checked above), so only the shape is beyond numpy
+            return words
 
     def numpy(self) -> np.ndarray:
         """The data as a numpy array of its real dtype (BF16 and FP8 have none: use raw)."""
         np_dtype = dtypes.get(self.dtype).numpy
         if np_dtype is None:
-            raise TypeError(f"numpy has no {self.dtype}; use .raw() or .to_torch()")
+            raise TypeError(f"numpy has no {self.dtype}; use .raw() or torchfile.to_torch")
         return self.raw().view(np_dtype)
 
     def to_float32(self) -> np.ndarray:
         """Values as float32, for explicit arithmetic only."""
         return dtypes.to_float32(self.raw(), self.dtype)
-
-    def to_torch(self):
-        """The data as a torch tensor of the same dtype (imports torch)."""
-        from .torchfile import to_torch
-
-        return to_torch(self)
 
     def to_mlx(self):
         """The data as an mlx array (imports mlx; FP8 comes back as uint8, F64 is refused)."""

@@ -8,17 +8,24 @@ One public face for readers and plugins (``from ckpt_core import torchfile``):
   pickle's structure (``Scan``, ``TensorStub``, ``Record``) before loading it.
 - ``load_pickle``, ``from_torch``, ``to_torch``, ``tree_from_torch``: the torch-backed side.
 - ``save(obj, path)``: ``torch.save``'s zip format written without torch, tensor by tensor.
-- ``is_zip``, ``data_offset``, ``stored_records``, ``check_archive``: the zip archive.
+- ``is_zip``, ``members``, ``data_offset``, ``stored_records``, ``check_archive``: the zip
+  archive, every local header checked against the central directory.
+
+Modules, lowest first (none imports one after it): ``names`` (torch's dtype and storage
+names), ``archive``, ``structure`` (bounds on unpickled objects), ``scanner``, ``reading``,
+``writing``.
 """
 
-from .reading import (TORCH_DTYPES, VERIFY_OPTION, check_archive, data_offset, dtype_name, from_torch, is_zip,
-                      load_pickle, stored_records, to_torch, tree_from_torch)
-from .scanner import Record, Scan, TensorStub, is_plain, lazy, load, named_globals, python3_name, scan, stub_tensor
-from .writing import LEGACY_STORAGES, save
+from .archive import VERIFY_OPTION, check_archive, data_offset, is_zip, members, stored_records
+from .names import LEGACY_STORAGES, TORCH_DTYPES, dtype_name
+from .reading import from_torch, load, load_pickle, to_torch, tree_from_torch
+from .scanner import MAX_TENSORS, Record, Scan, TensorStub, is_plain, lazy, named_globals, python3_name, scan, stub_tensor
+from .writing import save
 
 __all__ = [
-    "TORCH_DTYPES", "VERIFY_OPTION", "check_archive", "data_offset", "dtype_name", "from_torch", "is_zip",
-    "load_pickle", "stored_records", "to_torch", "tree_from_torch",
-    "Record", "Scan", "TensorStub", "is_plain", "lazy", "load", "named_globals", "python3_name", "scan", "stub_tensor",
-    "LEGACY_STORAGES", "save",
+    "VERIFY_OPTION", "check_archive", "data_offset", "is_zip", "members", "stored_records",
+    "LEGACY_STORAGES", "TORCH_DTYPES", "dtype_name",
+    "from_torch", "load", "load_pickle", "to_torch", "tree_from_torch",
+    "MAX_TENSORS", "Record", "Scan", "TensorStub", "is_plain", "lazy", "named_globals", "python3_name", "scan",
+    "stub_tensor", "save",
 ]

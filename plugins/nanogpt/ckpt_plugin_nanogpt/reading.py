@@ -58,7 +58,7 @@ def _inert_model_part(path: Path, scan: torchfile.Scan) -> dict:
             needs = f" (it needs {stub.qualname})" if isinstance(stub, torchfile.Record) else ""
             raise UnsafeInput(f"{path}: model entry {key!r} is not a tensor{needs}; refused")
         if stub not in seen:  # keys over the same bytes are a tie, as torch.load shares them
-            seen[stub] = torchfile.stub_tensor(path, scan.archive, stub)
+            seen[stub] = torchfile.stub_tensor(path, scan.archive, stub, scan.members)
         model[key] = seen[stub]
     dropped = [k for k, v in top.items() if k != "model" and not _plain(v)]
     warnings.warn(f"{path.name}: dropped {', '.join(dropped)} (needs {', '.join(scan.records)}); read the model part only",
