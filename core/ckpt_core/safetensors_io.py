@@ -90,10 +90,19 @@ def read_header(path: Path | str) -> tuple[dict[str, tuple[str, tuple[int, ...],
 
 
 def _no_duplicates(pairs):
+    """The JSON object as a dict; ValueError for a repeated key, or a string that is not
+    Unicode text (a lone surrogate such as ``"\\ud800"``: valid JSON, but no UTF-8 spells
+    it and the Rust safetensors refuses it)."""
     keys = [k for k, _ in pairs]
     if len(keys) != len(set(keys)):
         dup = next(k for k in keys if keys.count(k) > 1)
         raise ValueError(f"duplicate key {dup!r}")
+    for text in (*keys, *(v for _, v in pairs if isinstance(v, str))):
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{text!r} is not Unicode text (a lone surrogate)") from None
     return dict(pairs)
 
 
@@ -215,7 +224,7 @@ def parse_size(text: str | int) -> int:
     """Bytes in a size like ``5GB`` (decimal, as HF counts), ``2GiB`` (binary) or ``1000``."""
     if isinstance(text, int):
         return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B?)\s*", str(text), re.IGNORECASE)
+    m = re.fullmatch(r"\s*(\d{1,19}(?:\.\d{1,19})?)\s*(?:([KMGT])(i?)B?|B?)\s*", str(text), re.IGNORECASE)
     if not m:
         raise UsageError(f"not a size: {text!r} (try 5GB, 500MB or 2GiB)")
     number, unit, binary = m.groups()

@@ -194,7 +194,7 @@ def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[A
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             allowed = {_global_name(g) for g in allowed_globals}
-            built = re.findall(r"but got <class '([\w.]+)'>", str(e))  # a type to build, which the scan misses
+            built = re.findall(r"but got <class '(\w+(?:\.\w+)+)'>", str(e))  # a type to build (not a builtin), which the scan misses
             named = re.findall(r"unsupported GLOBAL ([\w.]+)", str(e))  # what a legacy (non-zip) pickle needs
             names = [n for n in unsafe_globals(path) if n not in allowed] or built or named or \
                 [n for n in scanner.named_globals(path) if n not in allowed and not scanner.is_plain(n)]

@@ -23,7 +23,7 @@ import math
 import pickle
 import pickletools
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
@@ -42,16 +42,15 @@ _STORAGES = {cls: name for name, cls in LEGACY_STORAGES.items()} | {"UntypedStor
 _TORCH_DTYPES = {attr: name for name, attr in TORCH_DTYPES.items()}
 
 
-@attrs.frozen
-class StorageStub:
+class StorageStub(NamedTuple):
     key: str
     dtype: str
     numel: int
 
 
-@attrs.frozen
-class TensorStub:
-    """A tensor named in a pickle: where its bytes are, never the bytes."""
+class TensorStub(NamedTuple):
+    """A tensor named in a pickle: where its bytes are, never the bytes (a tuple, so that a
+    file of many small tensors costs little; check for it before checking for tuples)."""
 
     storage: StorageStub
     offset: int
@@ -102,7 +101,20 @@ def _rebuild_tensor(storage, offset, shape, stride, *rest):
 
 def _naturals(values) -> bool:
     """Whether every value is a non-negative int (what shapes, strides and offsets are)."""
-    return all(type(v) is int and v >= 0 for v in values)
+    for v in values:
+        if type(v) is not int or v < 0:
+            return False
+    return True
+
+
+def _contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether ``stride`` is the row-major stride of ``shape`` (same lengths)."""
+    expected = 1
+    for n, s in zip(reversed(shape), reversed(stride)):
+        if s != expected:
+            return False
+        expected *= n
+    return True
 
 
 @attrs.frozen
@@ -219,7 +231,7 @@ def scan(path: Path) -> Scan:
         raise CorruptInput(f"{path}: data.pkl {e}") from None
     except Exception as e:  # any malformed pickle: the file is damaged, nothing ran
         raise CorruptInput(f"{path}: damaged pickle in data.pkl ({type(e).__name__}: {e})") from None
-    structure.check(obj, path, structure.budget(len(data)), inert=Record)
+    structure.check(obj, path, structure.budget(len(data)), leaves=(TensorStub, StorageStub), inert=Record)
     return Scan(obj, tuple(sorted(unpickler.records)), member.rsplit("/", 1)[0], records)
 
 
@@ -303,8 +315,7 @@ def stub_tensor(path: Path, archive: str, stub: TensorStub, records: dict[str, M
     last = stub.offset + sum((n - 1) * s for n, s in zip(stub.shape, stub.stride)) + 1
     if stub.offset < 0 or last * item > size:
         raise CorruptInput(f"{path}: a tensor reaches past the end of storage {stub.storage.key}")
-    contiguous = tuple(math.prod(stub.shape[i + 1:]) for i in range(len(stub.shape)))
-    if tuple(stub.stride) == contiguous:
+    if _contiguous(stub.shape, stub.stride):
         return Tensor.from_file(path, start + stub.offset * item, stub.dtype, stub.shape)
     whole = Tensor.from_file(path, start, stub.dtype, (size // item,))
 

@@ -25,11 +25,13 @@ def budget(pickle_bytes: int) -> int:
     return 4 * pickle_bytes + 100_000
 
 
-def _children(value: Any, leaves: tuple[type, ...], inert: type | None) -> list | None:
+# Types that hold nothing: a walk counts them without looking at them.
+_ATOMS = frozenset({str, bytes, int, float, bool, complex, type(None)})
+
+
+def _children(value: Any, inert: type | None) -> list | None:
     """The items a container holds (dict keys and values; an inert record's arguments and
-    state), None for a leaf."""
-    if isinstance(value, leaves):
-        return None
+    state), None for anything else."""
     if isinstance(value, dict):
         return [*value.keys(), *value.values()]
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -42,14 +44,23 @@ def _children(value: Any, leaves: tuple[type, ...], inert: type | None) -> list 
 def check(root: Any, path, limit: int, leaves: tuple[type, ...] = (), inert: type | None = None) -> None:
     """CorruptInput unless ``root`` (unpickled from ``path``) has no cycle, nests at most
     ``MAX_DEPTH`` deep and holds at most ``limit`` items counted along every reference.
-    ``leaves``: types not to look into; ``inert``: the scanner's Record type, if any."""
+    ``leaves``: types not to look into (tensor stubs, which are tuples); ``inert``: the
+    scanner's Record type, if any."""
+    atoms = _ATOMS | set(leaves)
     total: dict[int, int] = {}  # id -> items under a container already walked
     on_path: set[int] = set()
-    children = _children(root, leaves, inert)
-    if children is None:
+
+    def frame(node: Any, items: list) -> tuple:
+        """A container to walk: itself, its items that may hold more, and its count so far
+        (itself and its atoms)."""
+        inner = [item for item in items if type(item) not in atoms]
+        on_path.add(id(node))
+        return node, iter(inner), [1 + len(items) - len(inner)]
+
+    items = None if type(root) in atoms else _children(root, inert)
+    if items is None:
         return
-    stack = [(root, iter(children), [1])]
-    on_path.add(id(root))
+    stack = [frame(root, items)]
     while stack:
         node, todo, count = stack[-1]
         child = next(todo, stack)  # the stack itself marks the end: it is never an item
@@ -66,14 +77,13 @@ def check(root: Any, path, limit: int, leaves: tuple[type, ...] = (), inert: typ
         elif id(child) in on_path:
             raise CorruptInput(f"{path}: the pickle holds a container that contains itself; not a checkpoint")
         else:
-            grandchildren = _children(child, leaves, inert)
-            if grandchildren is None:
+            items = _children(child, inert)
+            if items is None:
                 count[0] += 1
             elif len(stack) >= MAX_DEPTH:
                 raise CorruptInput(f"{path}: the pickle nests containers more than {MAX_DEPTH} deep; not a checkpoint")
             else:
-                on_path.add(id(child))
-                stack.append((child, iter(grandchildren), [1]))
+                stack.append(frame(child, items))
         _within(count[0], limit, path)
 
 

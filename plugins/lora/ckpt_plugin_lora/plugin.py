@@ -137,6 +137,10 @@ def _edit(ck: Checkpoint, options: dict) -> Checkpoint:
         names = list(ck.adapters) or edit.targets_of(ck, ["attn"])
     if not names:
         raise UsageError(f"no tensor of this checkpoint is a target ({options.get('targets', 'attn')})")
+    widest = max(max(ck.tensor(n).shape, default=1) for n in names)
+    if rank > widest:
+        raise UsageError(f"rank {rank} is larger than every target's dimensions (at most {widest}): adapters that wide "
+                         "add nothing")
     resized = [n for n in names if n in ck.adapters and ck.adapters[n].rank != rank]
     change = options.get("rank_change")
     if resized and change not in ("pad", "merge"):
