@@ -453,6 +453,39 @@ def test_bad_input_cli_hostile_pickles(examples, work):
     assert not failures, "\n".join(failures)
 
 
+OPTION_VALUES = [2 ** 63 - 1, -1, "../x", [1, "a"], {"a": None}, True, float("nan")]
+
+
+def test_bad_input_hostile_option_values(examples, work):
+    """Every option every installed format declares, given values of every JSON type and
+    absurd sizes, reading its example and writing the nanoGPT example: it works, or is a
+    one-line CkptError that is not PluginError (a plugin's crash), leaving nothing behind."""
+    from ckpt_core.plugins import registry
+
+    failures = []
+    for fmt, spec in registry().formats.items():
+        for option in spec.options:
+            for k, value in enumerate(OPTION_VALUES):
+                out = work / f"{fmt}-{option}-{k}"
+                out.mkdir()
+                calls = {"convert": lambda: api.convert(examples["nanogpt"], out / "dst", fmt, {option: value})}
+                if fmt in examples:
+                    calls["load"] = lambda: api.load(examples[fmt], fmt, {option: value})
+                for how, call in calls.items():
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        error, seconds, _ = cases.measured(call)
+                    if error is not None and (isinstance(error, PluginError) or not isinstance(error, CkptError)
+                                              or not one_line(error)):
+                        failures.append(f"{fmt} {how} {option}={value!r:.30}: {type(error).__name__}: {error}")
+                    if error is not None and how == "convert" and list(out.iterdir()):
+                        failures.append(f"{fmt} {how} {option}={value!r:.30}: left {sorted(p.name for p in out.iterdir())}")
+                    if seconds > CASE_SECONDS:
+                        failures.append(f"{fmt} {how} {option}={value!r:.30}: took {seconds:.0f} s")
+                shutil.rmtree(out)
+    assert not failures, f"{len(failures)} broken promises:\n" + "\n".join(failures[:40])
+
+
 def test_bad_input_cli_bombs_and_odd_values(examples, work):
     """Bombs, an unknown dtype and option values past what a plugin takes, through the real
     CLI: one line, the right exit code, no traceback, nothing written."""

@@ -68,6 +68,8 @@ def _weights(path: Path) -> tuple[str, dict, dict]:
 
 def _base_path(path: Path, config: dict, option: Any) -> tuple[Path, str]:
     if option:
+        if not isinstance(option, str):
+            raise UsageError(f"option base takes a path, not {option!r}")
         return Path(option), "option"
     if (path / BASE_DIR).is_dir():
         return path / BASE_DIR, "directory"

@@ -83,6 +83,16 @@ def _int(options: dict, name: str, default: int | None = None) -> int | None:
         raise UsageError(f"option {name} takes an integer, not {value!r}") from None
 
 
+def _float(options: dict, name: str, default: float | None = None) -> float | None:
+    value = options.get(name, default)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"option {name} takes a number, not {value!r}") from None
+
+
 def drop_optimizer(ck: Checkpoint, why: str) -> Checkpoint:
     """``ck`` without optimizer state (with a one-line warning), if it had any."""
     ts = ck.train_state
@@ -105,8 +115,7 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]):
     if format == forkfile.NAME:
         if _flag(options, "verify"):
             check_archive(path)
-        alpha = options.get("alpha")
-        return _merge(forkfile.read(path, float(alpha) if alpha is not None else None), options)
+        return _merge(forkfile.read(path, _float(options, "alpha")), options)
     if format == peftdir.NAME:
         return peftdir.read(path, options.get("base"))
     return None
@@ -155,7 +164,7 @@ def _edit(ck: Checkpoint, options: dict) -> Checkpoint:
     elif change == "merge" and resized:
         ck = edit.merge(ck, options.get("tied_head", "untie"), only=resized)
     new = [n for n in names if n not in ck.adapters]
-    alpha = float(options.get("alpha", 1.0))
+    alpha = _float(options, "alpha", 1.0)
     ck = edit.add_fresh(ck, new, rank, alpha, options.get("init", "kaiming"), _int(options, "seed", 0))
     if new or resized:
         what = f"{len(new)} fresh adapter(s)" if new else f"rank {rank}"
