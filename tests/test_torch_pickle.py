@@ -156,3 +156,55 @@ def test_python_2_spellings_are_named_as_python_3_imports_them(tmp_path):
     assert torchfile.scan(tmp_path / "a.pt").records == ("subprocess.Popen",)
     assert "subprocess.Popen" in torchfile.named_globals(tmp_path / "a.pt")
     assert torchfile.named_globals(tmp_path / "b.pkl") == ["subprocess.Popen"]
+
+
+# -- bounds: shared, cyclic and deep structure; lying archives; unknown dtypes ---------------
+
+
+def test_a_container_named_twice_is_converted_once_and_shared(tmp_path):
+    """torch.load gives one object where the pickle names one twice (its memo); so do the
+    scanner and tree_from_torch, converting it once."""
+    config = {"lr": [1e-3, 1e-4], "betas": (0.9, 0.95)}
+    torch.save({"w": torch.ones(2), "a": config, "b": config, "c": [config, config]}, tmp_path / "a.pt")
+    for tree in (torchfile.load(tmp_path / "a.pt"),
+                 torchfile.tree_from_torch(torch.load(tmp_path / "a.pt", weights_only=True))):
+        assert tree["a"] == config and tree["a"] is tree["b"] is tree["c"][0] is tree["c"][1]
+
+
+@pytest.mark.parametrize("kind", ["shared", "cyclic", "deep"])
+def test_structure_bombs_are_corrupt_by_both_readers(tmp_path, kind):
+    """A shared (2**60 items along every reference), cyclic or 100,000-deep object in a
+    torch zip: the scanner and the torch-backed loader both refuse it as corrupt."""
+    import bad_input_cases as cases
+
+    torchfile.save({"w": torchfile.from_torch(torch.ones(2))}, tmp_path / "ok.pt")
+    cases.with_pickle(tmp_path / "ok.pt", tmp_path / "bomb.pt", lambda d: cases.plant(d, "bomb", cases.STRUCTURE_BOMBS[kind]()))
+    for read in (torchfile.scan, torchfile.load, torchfile.load_pickle):
+        with pytest.raises(CorruptInput, match="bomb.pt: "):
+            read(tmp_path / "bomb.pt")
+
+
+def test_a_shifted_local_header_of_a_torch_written_file_is_corrupt(tmp_path):
+    """torch's own archives put sizes in a data descriptor after the data: an extra length
+    changed in a local header (which would shift where the data is read) is caught by the
+    descriptor not being where the sizes say, and by the extra field not parsing. (A shift
+    onto bytes that happen to parse, zeros where the field would end, is a valid layout to
+    every reader: only the CRC-32, ``verify=true``, tells it.)"""
+    torch.save({"w": torch.arange(1, 65, dtype=torch.float32)}, tmp_path / "a.pt")
+    data = bytearray((tmp_path / "a.pt").read_bytes())
+    with zipfile.ZipFile(tmp_path / "a.pt") as z:
+        info = z.getinfo("a/data/0")
+    for shift in (4, -4, 8, 64):
+        damaged = bytearray(data)
+        extra_len = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+        damaged[info.header_offset + 28:info.header_offset + 30] = (extra_len + shift).to_bytes(2, "little")
+        (tmp_path / "b.pt").write_bytes(damaged)
+        for read in (torchfile.load, torchfile.load_pickle, torchfile.stored_records):
+            with pytest.raises(CorruptInput, match="local header of a/data/0 disagrees"):
+                read(tmp_path / "b.pt")
+
+
+def test_a_tensor_of_a_dtype_without_a_safetensors_name_is_corrupt_naming_the_file(tmp_path):
+    torch.save({"w": torch.zeros(3, dtype=torch.float8_e8m0fnu)}, tmp_path / "a.pt")
+    with pytest.raises(CorruptInput, match=r"a\.pt: data\.pkl names a tensor of dtype torch\.float8_e8m0fnu"):
+        torchfile.load(tmp_path / "a.pt")

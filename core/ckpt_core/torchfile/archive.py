@@ -5,9 +5,11 @@ and ``data.pkl`` read within bounds.
 2 GiB in one call; a damaged or hostile archive could then give wrong bytes silently (a
 shifted extra field) or fill memory from a few KB (a lying size). Here every local header
 must agree with the central directory (name, method, sizes and CRC-32 where it states
-them, a well-formed extra field, data ending before the next record), which costs a header
-read, never a data read; ``data.pkl`` must declare at most ``MAX_PICKLE_BYTES`` and is
-inflated in small pieces, never past what it declares.
+them, a well-formed extra field, data ending before the next record and its data
+descriptor right after it), which costs a header read, never a data read. (A damaged
+header that still describes a valid layout is found only by the CRC-32: ``check_archive``.)
+``data.pkl`` must declare at most ``MAX_PICKLE_BYTES`` and is inflated in small pieces,
+never past what it declares.
 """
 
 from __future__ import annotations
@@ -103,9 +105,13 @@ def _disagreement(f, info, flags, method, stated, name, extra, start, end) -> st
         return "its data runs into the next record"
     if flags & _DESCRIBED and info.compress_size:
         f.seek(start + info.compress_size)
-        descriptor = f.read(8)
-        crc = descriptor[4:8] if descriptor[:4] == b"PK\x07\x08" else descriptor[:4]
-        if crc != info.CRC.to_bytes(4, "little"):
+        descriptor = f.read(24)
+        if descriptor[:4] == b"PK\x07\x08":  # the signature is optional
+            descriptor = descriptor[4:]
+        sizes = (info.compress_size, info.file_size)
+        narrow = len(descriptor) >= 12 and struct.unpack_from("<II", descriptor, 4) == sizes
+        wide = len(descriptor) >= 20 and struct.unpack_from("<QQ", descriptor, 4) == sizes  # zip64
+        if descriptor[:4] != info.CRC.to_bytes(4, "little") or not (narrow or wide):
             return "its data descriptor is not where its sizes say"
     return ""
 
