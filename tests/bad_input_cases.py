@@ -673,13 +673,13 @@ def _memo(op_put: bool, index: int) -> bytes:
 
 
 def shared_ops(levels: int = 60) -> bytes:
-    """A tuple of two ints, then ``levels`` tuples each holding the one before twice (memo
-    GETs): ~10 bytes a level, 2**levels items to a walk that follows every reference."""
+    """A list of a tuple of two ints and ``levels`` tuples each holding the one before twice
+    (memo GETs): ~12 bytes a level, 2**levels items to a walk that follows every reference."""
     base = 900_000
-    ops = b"K\x01K\x02\x86" + _memo(True, base)
+    ops = b"](K\x01K\x02\x86" + _memo(True, base)  # the list, MARK, the first tuple
     for i in range(1, levels + 1):
         ops += _memo(False, base + i - 1) * 2 + b"\x86" + _memo(True, base + i)
-    return ops
+    return ops + b"e"  # APPENDS: every level into the list
 
 
 def cyclic_ops() -> bytes:
@@ -693,6 +693,8 @@ def deep_ops(depth: int = 100_000) -> bytes:
 
 
 STRUCTURE_BOMBS = {"shared": shared_ops, "cyclic": cyclic_ops, "deep": deep_ops}
+# what the refusal of each says
+STRUCTURE_WORDS = {"shared": "expand to more than", "cyclic": "contains itself", "deep": "more than 100 deep"}
 
 
 def plant(data_pkl: bytes, key: str, ops: bytes) -> bytes:
@@ -779,7 +781,8 @@ def archive_records(archive: Path) -> list[Record]:
 
 def zip_bombs(archive: Path) -> dict[str, bytes]:
     """The torch zip ``archive`` rewritten so that its headers lie or its data.pkl is a
-    bomb: each must be refused as corrupt, in bounded memory and time."""
+    bomb: each must be refused as corrupt (``ZIP_WORDS`` says why), in bounded memory and
+    time."""
     records = archive_records(archive)
     pkl = next(i for i, r in enumerate(records) if r.name.endswith("data.pkl"))
     storage = next(i for i, r in enumerate(records) if "/data/" in r.name and r.data)
@@ -801,6 +804,17 @@ def zip_bombs(archive: Path) -> dict[str, bytes]:
         "a local header with another size": swapped(storage, local_size=len(records[storage].data) + 4),
         "a local extra length shifting the data by 4": swapped(storage, local_extra_len=4),
     }
+
+
+ZIP_WORDS = {
+    "data.pkl deflated, declaring 10 GiB": "too large to be a checkpoint's structure",
+    "data.pkl declaring 9.9 KB, inflating to 10 GiB": "pickle",  # 9.9 KB of zeros, read and no more: not a pickle
+    "data.pkl a zip bomb declaring its 10 GiB": "too large to be a checkpoint's structure",
+    "a storage record deflated": "is compressed",
+    "a local header naming another record": "disagrees with the zip directory (it names",
+    "a local header with another size": "disagrees with the zip directory (size",
+    "a local extra length shifting the data by 4": "disagrees with the zip directory",
+}
 
 
 def many_tensors(path: Path, count: int) -> None:

@@ -256,14 +256,15 @@ BOMB_SECONDS = 10  # generous: each case takes well under a second
 BOMB_BYTES = 300 * 1024 * 1024  # generous: a refusal reads headers and a bounded data.pkl
 
 
-def bomb_problems(fmt: str, source: Path, out: Path, label: str) -> list[str]:
+def bomb_problems(fmt: str, source: Path, out: Path, label: str, words: str) -> list[str]:
     """Convert a bomb (``attempt``: one line, nothing written, the source unchanged) and
-    check that it was refused as corrupt within ``BOMB_SECONDS`` and ``BOMB_BYTES``."""
+    check that it was refused as corrupt, saying ``words``, within ``BOMB_SECONDS`` and
+    ``BOMB_BYTES``."""
     found: list = []
     _, seconds, peak = cases.measured(lambda: found.append(attempt(fmt, source, out, label)))
     error, _, problems = found[0]
-    if not isinstance(error, CorruptInput):
-        problems.append(f"gave {type(error).__name__}: {error}, not CorruptInput")
+    if not isinstance(error, CorruptInput) or words not in str(error):
+        problems.append(f"gave {type(error).__name__}: {error}, not CorruptInput saying {words!r}")
     if seconds > BOMB_SECONDS or peak > BOMB_BYTES:
         problems.append(f"took {seconds:.1f} s and {peak / 2**20:.0f} MiB")
     return [f"{label}: {p}" for p in problems]
@@ -281,7 +282,8 @@ def test_bad_input_pickle_structure_bombs(examples, work, name):
         root = work / kind
         shutil.copytree(example.parent, root)
         cases.with_pickle(example.parent / site, root / site, lambda data, ops=ops: cases.plant(data, "bomb", ops()))
-        failures += bomb_problems(fmt, root / example.name, work / f"{kind}-out", f"{name}: {kind} structure")
+        failures += bomb_problems(fmt, root / example.name, work / f"{kind}-out", f"{name}: {kind} structure",
+                                  cases.STRUCTURE_WORDS[kind])
         for op, call in (("detect", lambda: api.detect(root / example.name)),
                          ("train_state", lambda: api.train_state(root / example.name, fmt))):
             error, seconds, _ = cases.measured(call)
@@ -309,7 +311,7 @@ def test_bad_input_zip_bombs(examples, work, name):
         root = work / f"c{k}"
         shutil.copytree(example.parent, root)
         (root / site).write_bytes(content)
-        failures += bomb_problems(fmt, root / example.name, work / f"c{k}-out", f"{name}: {label}")
+        failures += bomb_problems(fmt, root / example.name, work / f"c{k}-out", f"{name}: {label}", cases.ZIP_WORDS[label])
         COUNTS[name, "zip-bomb"] += 1
     assert not failures, "\n".join(failures)
 
