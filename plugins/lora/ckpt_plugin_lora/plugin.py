@@ -73,24 +73,15 @@ def _flag(options: dict, name: str) -> bool:
     return bool(value)
 
 
-def _int(options: dict, name: str, default: int | None = None) -> int | None:
+def _number(options: dict, name: str, kind: type, default=None):
+    """Option ``name`` as an int or a float (``kind``); UsageError for anything else."""
     value = options.get(name, default)
     if value is None:
         return None
     try:
-        return int(value)
+        return kind(value)
     except (TypeError, ValueError):
-        raise UsageError(f"option {name} takes an integer, not {value!r}") from None
-
-
-def _float(options: dict, name: str, default: float | None = None) -> float | None:
-    value = options.get(name, default)
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"option {name} takes a number, not {value!r}") from None
+        raise UsageError(f"option {name} takes {'an integer' if kind is int else 'a number'}, not {value!r}") from None
 
 
 def drop_optimizer(ck: Checkpoint, why: str) -> Checkpoint:
@@ -115,7 +106,7 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]):
     if format == forkfile.NAME:
         if _flag(options, "verify"):
             check_archive(path)
-        return _merge(forkfile.read(path, _float(options, "alpha")), options)
+        return _merge(forkfile.read(path, _number(options, "alpha", float)), options)
     if format == peftdir.NAME:
         return peftdir.read(path, options.get("base"))
     return None
@@ -132,7 +123,7 @@ def _edit(ck: Checkpoint, options: dict) -> Checkpoint:
     if "tied_head" in options and not (_flag(options, "merge") or options.get("rank_change") == "merge"):
         raise UsageError("option tied_head applies when merging: add --option merge=true (or rank_change=merge)")
     ck = _merge(ck, options)
-    rank = _int(options, "rank")
+    rank = _number(options, "rank", int)
     if rank is None:
         given = [k for k in ("targets", "rank_change", "init", "seed") if k in options]
         if given:
@@ -164,8 +155,8 @@ def _edit(ck: Checkpoint, options: dict) -> Checkpoint:
     elif change == "merge" and resized:
         ck = edit.merge(ck, options.get("tied_head", "untie"), only=resized)
     new = [n for n in names if n not in ck.adapters]
-    alpha = _float(options, "alpha", 1.0)
-    ck = edit.add_fresh(ck, new, rank, alpha, options.get("init", "kaiming"), _int(options, "seed", 0))
+    alpha = _number(options, "alpha", float, 1.0)
+    ck = edit.add_fresh(ck, new, rank, alpha, options.get("init", "kaiming"), _number(options, "seed", int, 0))
     if new or resized:
         what = f"{len(new)} fresh adapter(s)" if new else f"rank {rank}"
         ck = drop_optimizer(ck, f"the parameter set changed ({what})")
