@@ -658,6 +658,11 @@ def test_a_lone_surrogate_name_is_corrupt_everywhere(cli, tmp_path):
         code, out, err = cli(*argv)
         assert code == 5 and out == "" and err.count("\n") == 1 and str(src) in err and "surrogate" in err, (argv, err)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    odd = Checkpoint(tensors={"\ud800": Tensor.from_bytes(bytes(4), "F32", (1,))})  # as a torch pickle may name one
+    for fmt in ("safetensors", "canonical"):
+        with pytest.raises(ckpt_core.CorruptInput, match="surrogate"):
+            ckpt_core.save(odd, tmp_path / fmt, fmt)  # never a file no reader reads back
+        assert not (tmp_path / fmt).exists() and leftovers(tmp_path) == []
 
 
 def test_text_that_is_not_unicode_prints_escaped():

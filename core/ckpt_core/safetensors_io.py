@@ -97,13 +97,19 @@ def _no_duplicates(pairs):
     if len(keys) != len(set(keys)):
         dup = next(k for k in keys if keys.count(k) > 1)
         raise ValueError(f"duplicate key {dup!r}")
-    for text in (*keys, *(v for _, v in pairs if isinstance(v, str))):
+    _unicode_text((*keys, *(v for _, v in pairs if isinstance(v, str))))
+    return dict(pairs)
+
+
+def _unicode_text(texts) -> None:
+    """ValueError for a string that is not Unicode text (a lone surrogate such as
+    ``"\\ud800"``, which JSON can spell and UTF-8 cannot)."""
+    for text in texts:
         if not text.isascii():
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 raise ValueError(f"{text!r} is not Unicode text (a lone surrogate)") from None
-    return dict(pairs)
 
 
 def _check_entry(path: Path, name: str, info, data_size: int):
@@ -291,6 +297,10 @@ def build_header(tensors: Mapping[str, Tensor], metadata: dict[str, str] | None 
         header["__metadata__"] = metadata
     if "__metadata__" in tensors:
         raise UsageError("a tensor cannot be named __metadata__ in a safetensors file (the name is reserved)")
+    try:  # what no safetensors reader would read back (a name from a torch pickle, say)
+        _unicode_text((*tensors, *(metadata or {}).keys(), *(metadata or {}).values()))
+    except ValueError as e:
+        raise CorruptInput(f"a tensor name or metadata {e}: no safetensors reader reads it") from None
     offset = 0
     for name, t in tensors.items():
         header[name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
