@@ -208,3 +208,6 @@ def test_a_tensor_of_a_dtype_without_a_safetensors_name_is_corrupt_naming_the_fi
     torch.save({"w": torch.zeros(3, dtype=torch.float8_e8m0fnu)}, tmp_path / "a.pt")
     with pytest.raises(CorruptInput, match=r"a\.pt: data\.pkl names a tensor of dtype torch\.float8_e8m0fnu"):
         torchfile.load(tmp_path / "a.pt")
+    torch.save({"w": torch.zeros(3, dtype=torch.complex128)}, tmp_path / "b.pt")
+    with pytest.raises(CorruptInput, match=r"b\.pt: data\.pkl names a storage of torch\.ComplexDoubleStorage, which has no"):
+        torchfile.load(tmp_path / "b.pt")

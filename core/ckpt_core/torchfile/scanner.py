@@ -203,6 +203,8 @@ class _Unpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
         _, dtype, key, _location, numel = pid
+        if isinstance(dtype, type) and issubclass(dtype, Record):  # a storage class it does not know
+            raise CorruptInput(f"names a storage of {dtype.qualname}, which has no safetensors equivalent")
         if dtype not in dtypes.DTYPES:
             raise pickle.UnpicklingError(f"unknown storage type {dtype!r}")
         return StorageStub(str(key), dtype, int(numel))
