@@ -33,7 +33,7 @@ from pathlib import Path
 
 import attrs
 
-from ckpt_core import Arch, Checkpoint, Tensor, TrainState, api, torch_save
+from ckpt_core import Arch, Checkpoint, Tensor, TrainState, api, torchfile
 from ckpt_core.plugins import registry
 from ckpt_core.schema import expected_shape
 
@@ -113,7 +113,7 @@ def _build(root: Path) -> dict[str, Path]:
     peft_bin = put("peft:bin", "adapter")
     shutil.copytree(made["peft"], peft_bin)
     weights = peft_bin / "adapter_model.safetensors"
-    torch_save.save(_safetensors_tree(weights), peft_bin / "adapter_model.bin")
+    torchfile.save(_safetensors_tree(weights), peft_bin / "adapter_model.bin")
     weights.unlink()
 
     api.save(gpt, put("canonical", "canonical"), "canonical")
@@ -136,13 +136,13 @@ def _build(root: Path) -> dict[str, Path]:
     bin_teacher = put("hf:bin", "teacher")
     bin_teacher.mkdir()
     shutil.copy(teacher / "config.json", bin_teacher / "config.json")
-    torch_save.save(dict(llama.tensors), bin_teacher / "pytorch_model.bin")
+    torchfile.save(dict(llama.tensors), bin_teacher / "pytorch_model.bin")
     api.convert(teacher, put("swiftkv", "student"), "swiftkv", {"kv_sharing_map": {1: 0}})
     student = api.load(made["swiftkv"])
     output = put("swiftkv:deepspeed", "output")
     tag = output / "epoch_1_global_step_40"
     tag.mkdir(parents=True)
-    torch_save.save({"module": dict(student.tensors), "optimizer": None, "lr_scheduler": {"last_epoch": 40},
+    torchfile.save({"module": dict(student.tensors), "optimizer": None, "lr_scheduler": {"last_epoch": 40},
                      "global_steps": 40, "global_samples": 320, "ds_config": {"zero_optimization": {"stage": 2}},
                      "ds_version": "0.16.4"}, tag / "mp_rank_00_model_states.pt")
     (output / "latest").write_text(tag.name)
@@ -663,3 +663,204 @@ def write_hostile(valid: Path, target: Path, form: str, payload: Reduce) -> None
         torch.save(nested, target, _use_new_zipfile_serialization=False)
     else:
         target.write_bytes(pickle.dumps({"model": {"w": [1.0, 2.0]}, "hook": {"a": [payload]}}, protocol=4))
+
+
+# -- pickle structure and resource bombs ---------------------------------------------------------------
+#
+# Small files that claim or expand to far more than they hold. Each is built here, in
+# milliseconds, from bytes (no torch): pickle ops planted in a valid ``data.pkl``, and zip
+# archives written by hand so that every header field can lie.
+
+
+def _memo(op_put: bool, index: int) -> bytes:
+    """LONG_BINPUT / LONG_BINGET of memo slot ``index`` (high slots: clear of the pickle's own)."""
+    return (b"r" if op_put else b"j") + struct.pack("<I", index)
+
+
+def shared_ops(levels: int = 60) -> bytes:
+    """A list of a tuple of two ints and ``levels`` tuples each holding the one before twice
+    (memo GETs): ~12 bytes a level, 2**levels items to a walk that follows every reference."""
+    base = 900_000
+    ops = b"](K\x01K\x02\x86" + _memo(True, base)  # the list, MARK, the first tuple
+    for i in range(1, levels + 1):
+        ops += _memo(False, base + i - 1) * 2 + b"\x86" + _memo(True, base + i)
+    return ops + b"e"  # APPENDS: every level into the list
+
+
+def cyclic_ops() -> bytes:
+    """A list that contains itself (and a dict holding it, to be found anywhere)."""
+    return b"]" + _memo(True, 900_000) + _memo(False, 900_000) + b"a"
+
+
+def deep_ops(depth: int = 100_000) -> bytes:
+    """Lists nested ``depth`` deep: push them all, then append each into the one below."""
+    return b"]" * depth + b"a" * (depth - 1)
+
+
+STRUCTURE_BOMBS = {"shared": shared_ops, "cyclic": cyclic_ops, "deep": deep_ops}
+# what the refusal of each says
+STRUCTURE_WORDS = {"shared": "expand to more than", "cyclic": "contains itself", "deep": "more than 100 deep"}
+
+
+def plant(data_pkl: bytes, key: str, ops: bytes) -> bytes:
+    """``data_pkl`` (a pickle of a dict) with one more item, ``key`` -> the object ``ops`` build."""
+    assert data_pkl.endswith(b"."), "not a pickle"
+    raw = key.encode()
+    return data_pkl[:-1] + b"X" + struct.pack("<I", len(raw)) + raw + ops + b"s."
+
+
+def with_pickle(archive: Path, target: Path, change: Callable[[bytes], bytes]) -> None:
+    """Write at ``target`` the torch zip ``archive`` with its ``data.pkl`` changed (stored)."""
+    with zipfile.ZipFile(archive) as z:
+        members = [(i, z.read(i.filename)) for i in z.infolist()]
+    target.write_bytes(_rezip([(i, change(c) if i.filename.endswith("data.pkl") else c) for i, c in members]))
+
+
+@attrs.frozen
+class Record:
+    """One record of a hand-written zip: what it holds and how its headers may lie."""
+
+    name: str
+    data: bytes  # the bytes stored (compressed already when ``method`` is 8)
+    method: int = 0  # 0 stored, 8 deflated
+    size: int | None = None  # the size the headers declare (default: the real one)
+    crc: int | None = None  # the CRC-32 they declare (default: of ``data``, when stored)
+    local_name: str | None = None  # a different name in the local header
+    local_size: int | None = None  # a different size in the local header
+    local_extra_len: int | None = None  # a different extra length in the local header (the bytes stay)
+
+
+def zip_bytes(records: list[Record]) -> bytes:
+    """A zip archive of ``records`` with sizes in the headers (no data descriptors) and a
+    zip64 extra field where a declared size needs one."""
+    out, central = bytearray(), bytearray()
+    for r in records:
+        size = len(r.data) if r.size is None else r.size
+        crc = zlib_crc(r.data) if r.crc is None else r.crc
+        big = size >= 0xFFFFFFFF
+        extra = struct.pack("<HHQQ", 1, 16, size, len(r.data)) if big else b""
+        name = r.name.encode()
+        local_name = (r.local_name or r.name).encode()
+        local_size = r.local_size if r.local_size is not None else size
+        offset = len(out)
+        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45 if big else 20, 0x800, r.method, 0, 0x21, crc,
+                           0xFFFFFFFF if big else len(r.data), 0xFFFFFFFF if big else local_size, len(local_name),
+                           len(extra) if r.local_extra_len is None else r.local_extra_len) + local_name + extra + r.data
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45 if big else 20, 0x800, r.method, 0, 0x21,
+                               crc, 0xFFFFFFFF if big else len(r.data), 0xFFFFFFFF if big else size, len(name),
+                               len(extra), 0, 0, 0, 0, offset) + name + extra
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(records), len(records), len(central), len(out), 0)
+    return bytes(out + central + end)
+
+
+def zlib_crc(data: bytes) -> int:
+    import zlib
+
+    return zlib.crc32(data)
+
+
+def deflate_zeros(size: int) -> bytes:
+    """A raw DEFLATE stream that inflates to ``size`` zero bytes (a multiple of 1 MiB), built
+    in milliseconds: after a full flush each MiB of zeros compresses to the same bytes."""
+    import zlib
+
+    mib = bytes(1 << 20)
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = co.compress(mib) + co.flush(zlib.Z_FULL_FLUSH)
+    again = co.compress(mib) + co.flush(zlib.Z_FULL_FLUSH)
+    return first + again * (size // len(mib) - 1) + co.flush()
+
+
+def deflate(data: bytes) -> bytes:
+    import zlib
+
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return co.compress(data) + co.flush()
+
+
+def archive_records(archive: Path) -> list[Record]:
+    """The records of a torch zip file, stored, as ``zip_bytes`` takes them."""
+    with zipfile.ZipFile(archive) as z:
+        return [Record(i.filename, z.read(i.filename)) for i in z.infolist()]
+
+
+def zip_bombs(archive: Path) -> dict[str, bytes]:
+    """The torch zip ``archive`` rewritten so that its headers lie or its data.pkl is a
+    bomb: each must be refused as corrupt (``ZIP_WORDS`` says why), in bounded memory and
+    time."""
+    records = archive_records(archive)
+    pkl = next(i for i, r in enumerate(records) if r.name.endswith("data.pkl"))
+    storage = next(i for i, r in enumerate(records) if "/data/" in r.name and r.data)
+
+    def swapped(i: int, **change) -> bytes:
+        return zip_bytes([attrs.evolve(r, **change) if k == i else r for k, r in enumerate(records)])
+
+    ten_gib = 10 << 30
+    return {
+        "data.pkl deflated, declaring 10 GiB": swapped(pkl, data=deflate(records[pkl].data), method=8, size=ten_gib,
+                                                       crc=zlib_crc(records[pkl].data)),
+        "data.pkl declaring 9.9 KB, inflating to 10 GiB": swapped(pkl, data=deflate_zeros(ten_gib), method=8,
+                                                                  size=9_900, crc=zlib_crc(bytes(9_900))),
+        "data.pkl a zip bomb declaring its 10 GiB": swapped(pkl, data=deflate_zeros(ten_gib), method=8, size=ten_gib,
+                                                            crc=0),
+        "a storage record deflated": swapped(storage, data=deflate(records[storage].data), method=8,
+                                             crc=zlib_crc(records[storage].data), size=len(records[storage].data)),
+        "a local header naming another record": swapped(storage, local_name=records[pkl].name),
+        "a local header with another size": swapped(storage, local_size=len(records[storage].data) + 4),
+        "a local extra length shifting the data by 4": swapped(storage, local_extra_len=4),
+    }
+
+
+ZIP_WORDS = {
+    "data.pkl deflated, declaring 10 GiB": "too large to be a checkpoint's structure",
+    "data.pkl declaring 9.9 KB, inflating to 10 GiB": "pickle",  # 9.9 KB of zeros, read and no more: not a pickle
+    "data.pkl a zip bomb declaring its 10 GiB": "too large to be a checkpoint's structure",
+    "a storage record deflated": "is compressed",
+    "a local header naming another record": "disagrees with the zip directory (it names",
+    "a local header with another size": "disagrees with the zip directory (size",
+    "a local extra length shifting the data by 4": "disagrees with the zip directory",
+}
+
+
+def many_tensors(path: Path, count: int) -> None:
+    """A torch zip file holding ``{"t0000000": tensor, "t0000001": ...}``: ``count``
+    one-element F32 tensors, each a view of one shared storage (so the file is mostly
+    pickle, 38 bytes a tensor). Each tensor's ops are one template; numpy fills in the
+    digits of its key and its offset, so 3 million take a second to write."""
+    import numpy as np
+
+    head = (b"\x80\x02}q\x00("  # protocol 2, the top dict, MARK
+            b"ctorch._utils\n_rebuild_tensor_v2\nq\x010"  # each shared object memoized, then popped
+            b"(X\x07\x00\x00\x00storageq\x02ctorch\nFloatStorage\nq\x03X\x01\x00\x00\x000q\x04X\x03\x00\x00\x00cpuq\x05"
+            + b"J" + struct.pack("<i", count) + b"tq\x06Qq\x070"  # the storage: BINPERSID of the id tuple
+            + b"ccollections\nOrderedDict\nq\x08)Rq\x090")  # no backward hooks, one dict for all
+    key = b"X\x08\x00\x00\x00t0000000"  # SHORT key: BINUNICODE of 8 characters
+    call = b"h\x01(h\x07J\x00\x00\x00\x00K\x01\x85K\x01\x85\x89h\x09tR"  # rebuild(storage, offset, (1,), (1,), False, hooks)
+    entries = np.frombuffer((key + call) * count, np.uint8).reshape(count, -1).copy()
+    numbers = np.arange(count, dtype="<i4")
+    for k in range(7):  # the key's digits, last first
+        entries[:, len(key) - 1 - k] = ord("0") + numbers // 10 ** k % 10
+    at = len(key) + call.index(b"J") + 1
+    entries[:, at:at + 4] = numbers.view(np.uint8).reshape(count, 4)
+    data_pkl = head + entries.tobytes() + b"u."
+    path.write_bytes(zip_bytes([Record("archive/data.pkl", data_pkl), Record("archive/version", b"3\n"),
+                                Record("archive/data/0", bytes(4 * count))]))
+
+
+def measured(call: Callable[[], object]) -> tuple[BaseException | None, float, int]:
+    """Run ``call`` in this process: (the error it raised or None, seconds, the peak of the
+    resident set above where it started, in bytes). The kernel's high-water mark is reset
+    first (``/proc/self/clear_refs``), so an earlier peak of the test run does not count."""
+    import time
+
+    def kib(field: str) -> int:
+        return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+    Path("/proc/self/clear_refs").write_text("5")
+    start, began = kib("VmRSS"), time.perf_counter()
+    error = None
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001 - returned for the caller to judge
+        error = e
+    return error, time.perf_counter() - began, (kib("VmHWM") - start) * 1024

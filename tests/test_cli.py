@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -554,3 +555,129 @@ def test_inspect_passes_reader_options(cli, tmp_path):
     assert code == 5 and "checksum" in err
     code, _, err = cli("inspect", canon, "-o", "step=3")
     assert code == 2 and "has no option 'step'" in err
+
+
+# -- usage errors and extreme input: one line, the right code, nothing written ----------------
+
+
+USAGE_ERRORS = [
+    ([], "ckpt-core"),
+    (["frobnicate"], "ckpt-core"),
+    (["convert", "a"], "ckpt-core convert"),
+    (["convert", "a", "b", "--to", "canonical", "--allow-loss", "weights"], "ckpt-core convert"),
+    (["convert", "a", "b", "--to", "canonical", "--option", "verify"], "ckpt-core convert"),
+    (["inspect", "a", "--limit", "many"], "ckpt-core inspect"),
+    (["prune", "run"], "ckpt-core prune"),
+    (["diff", "a", "b", "--atol", "x"], "ckpt-core diff"),
+    (["ls"], "ckpt-core ls"),
+    (["--json", "detect"], "ckpt-core detect"),
+]
+
+
+@pytest.mark.parametrize("argv, prog", USAGE_ERRORS, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_usage_errors_print_one_line(cli, argv, prog):
+    """argparse's errors: one line naming what is wrong and where to read more (not the
+    usage block before it), exit 2, nothing on stdout."""
+    code, out, err = cli(*argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("ckpt-core: error: ") and err.endswith(f" (see {prog} --help)\n"), err
+
+
+def test_help_still_shows_usage(cli):
+    code, out, err = cli("convert", "--help")
+    assert code == 0 and err == "" and out.startswith("usage: ckpt-core convert") and "examples:" in out
+
+
+HUGE_OPTIONS = [
+    ("max_shard_size=" + "[" * 1000, "nests brackets 1000 deep"),
+    ("max_shard_size=" + "{" * 17 + "}" * 17, "nests brackets 17 deep"),
+    ("max_shard_size=" + "9" * 5000, "does not fit in 64 bits"),
+    ("seed=" + "9" * 100, "does not fit in 64 bits"),
+    ("rank=" + str(2 ** 63), "does not fit in 64 bits"),
+    ("layer_map={1: " + "7" * 30 + "}", "does not fit in 64 bits"),
+    ("layer_map=[1, " + "9" * 5000 + "]", "does not fit in 64 bits"),
+    ("note=" + "x" * 10_001, "more than 10,000"),
+]
+
+
+@pytest.mark.parametrize("option, words", HUGE_OPTIONS, ids=lambda v: v[:30])
+def test_option_values_past_the_bounds_are_usage_errors(cli, tmp_path, option, words):
+    """Values no real option comes near (deep nesting, integers past 64 bits, huge text)
+    are a one-line usage error before anything is read or written, not a RecursionError
+    or a plugin's crash."""
+    src = gpt_file(tmp_path)
+    code, out, err = cli("convert", src, tmp_path / "out", "--to", "canonical", "--option", option)
+    assert code == 2 and out == "" and err.count("\n") == 1 and words in err and len(err) < 300, err
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_option_values_within_the_bounds_still_parse():
+    assert parse_value(str(2 ** 63 - 1)) == 2 ** 63 - 1 and parse_value(str(-2 ** 63)) == -2 ** 63
+    assert parse_value("[" * 16 + "]" * 16) == [[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]
+    assert parse_value("x" * 10_000) == "x" * 10_000
+    assert parse_value("{12: 11}") == {12: 11} and parse_value("1e-3") == 0.001
+
+
+def _safetensors(path: Path, header: dict | str, data: bytes) -> Path:
+    import struct
+
+    raw = header.encode() if isinstance(header, str) else json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+@pytest.mark.parametrize("shape", [[2 ** 63, 2 ** 63, 0], [0] * 40 + [2 ** 63 - 1], [1] * 100, [2] + [1] * 99],
+                         ids=["zero-size-2**63", "zero-size-41-dims", "100-dims", "100-dims-2-elements"])
+def test_extreme_but_legal_shapes_just_work(cli, tmp_path, shape):
+    """Shapes numpy cannot hold (a dimension of 2**63 in an empty tensor, 100 dimensions)
+    are legal safetensors: inspect, diff, and convert with --cast work on them."""
+    numel = math.prod(shape)
+    src = _safetensors(tmp_path / "odd.safetensors", {
+        "odd": {"dtype": "F32", "shape": shape, "data_offsets": [0, 4 * numel]},
+        "w": {"dtype": "F32", "shape": [2], "data_offsets": [4 * numel, 4 * numel + 8]}},
+        np.arange(numel + 2, dtype=np.float32).tobytes())
+    code, out, err = cli("inspect", src)
+    assert code == 0 and err == "", err
+    assert cli("diff", src, src)[0] == 0
+    code, out, err = cli("convert", src, tmp_path / "half.safetensors", "--to", "safetensors", "--cast", "F32=BF16")
+    assert code == 0 and err == "", err
+    half = ckpt_core.load(tmp_path / "half.safetensors")
+    assert half.tensors["odd"].shape == tuple(shape) and half.tensors["odd"].dtype == "BF16"
+    assert half.tensors["odd"].tobytes() == (np.arange(numel, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16).tobytes()
+    code, out, err = cli("diff", src, tmp_path / "half.safetensors", "--atol", "1")
+    assert code == 0 and err == "", err
+
+
+def test_a_lone_surrogate_name_is_corrupt_everywhere(cli, tmp_path):
+    """A tensor named "\\ud800" is valid JSON but no UTF-8 spells it (the Rust safetensors
+    refuses it): every command refuses the file in one line, before printing anything."""
+    src = _safetensors(tmp_path / "odd.safetensors", '{"\\ud800": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+                       '"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', bytes(8))
+    for argv in (["inspect", src], ["convert", src, tmp_path / "out", "--to", "canonical"], ["diff", src, src]):
+        code, out, err = cli(*argv)
+        assert code == 5 and out == "" and err.count("\n") == 1 and str(src) in err and "surrogate" in err, (argv, err)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    odd = Checkpoint(tensors={"\ud800": Tensor.from_bytes(bytes(4), "F32", (1,))})  # as a torch pickle may name one
+    for fmt in ("safetensors", "canonical"):
+        with pytest.raises(ckpt_core.CorruptInput, match="surrogate"):
+            ckpt_core.save(odd, tmp_path / fmt, fmt)  # never a file no reader reads back
+        assert not (tmp_path / fmt).exists() and leftovers(tmp_path) == []
+
+
+def test_text_that_is_not_unicode_prints_escaped():
+    """Whatever a reader lets through (a torch pickle may name a tensor with a lone
+    surrogate), the real command prints it escaped instead of stopping half-way through the
+    table with an encoding error (exit 10)."""
+    script = """
+from ckpt_core import Checkpoint, Tensor, api, cli
+api.resolve_format = lambda path, name: "safetensors"
+api.load = lambda path, name, options: Checkpoint(tensors={"\\ud800": Tensor.from_bytes(bytes(4), "F32", (1,)),
+                                                           "b": Tensor.from_bytes(bytes(4), "F32", (1,))})
+api.train_state = lambda path, name: None
+cli.main(["inspect", "x"])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8", plugins.ENV_VAR: ""})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()[-2:]] == ["\\ud800", "b"], done.stdout

@@ -1,5 +1,5 @@
 """Two small core additions: ``FormatSpec.extra_of`` (a format keeps the extra fields of
-sibling formats of its plugin) and ``torch_io.load_pickle(allowed_globals=...)`` (a format
+sibling formats of its plugin) and ``torchfile.load_pickle(allowed_globals=...)`` (a format
 allows exactly the globals its pickles need, and every other one is still refused by name)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from ckpt_core import Checkpoint, FormatSpec, LossyConversion, UnsafeInput, loss
 
 torch = pytest.importorskip("torch")
 
-from ckpt_core import torch_io  # noqa: E402
+from ckpt_core import torchfile  # noqa: E402
 
 
 def _spec(**kw) -> FormatSpec:
@@ -39,16 +39,16 @@ def test_allowed_globals_load_rng_states_and_nothing_else(tmp_path):
     path = tmp_path / "states.pt"
     torch.save({"np_random_state": state, "step": 3}, path)
     with pytest.raises(UnsafeInput, match="numpy"):
-        torch_io.load_pickle(path)
+        torchfile.load_pickle(path)
     core = np._core.multiarray
     allowed = [(core._reconstruct, "numpy._core.multiarray._reconstruct"), np.ndarray, np.dtype]
     with pytest.raises(UnsafeInput, match=r"needs numpy\.dtypes\.UInt32DType\)"):  # the dtype's class is built too
-        torch_io.load_pickle(path, allowed_globals=allowed)
+        torchfile.load_pickle(path, allowed_globals=allowed)
     allowed.append(type(np.dtype(np.uint32)))
-    loaded = torch_io.load_pickle(path, allowed_globals=allowed)
+    loaded = torchfile.load_pickle(path, allowed_globals=allowed)
     assert loaded["step"] == 3 and np.array_equal(loaded["np_random_state"][1], state[1])
     torch.save({"np_random_state": state, "trap": random.Random(0)}, path)
     with pytest.raises(UnsafeInput) as caught:
-        torch_io.load_pickle(path, allowed_globals=allowed)
+        torchfile.load_pickle(path, allowed_globals=allowed)
     message = str(caught.value)
     assert "random.Random" in message and "numpy.ndarray" not in message and "_reconstruct" not in message

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from ckpt_core import Checkpoint, Tensor, api, dtypes, losses, safetensors_io, transforms
+from ckpt_core import Checkpoint, Tensor, api, dtypes, losses, safetensors_io, torchfile, transforms
 from ckpt_core.errors import LossyConversion, UsageError
 from ckpt_core.model import FormatSpec
 
@@ -37,7 +37,7 @@ def test_c64_converts_to_torch_and_mlx():
     values = complex_values()
     t = Tensor.from_numpy(values)
     torch = pytest.importorskip("torch")
-    out = t.to_torch()
+    out = torchfile.to_torch(t)
     assert out.dtype == torch.complex64 and out.numpy().tobytes() == values.tobytes()
     mx = pytest.importorskip("mlx.core")
     arr = t.to_mlx()

@@ -12,6 +12,7 @@ import ast
 import importlib.metadata
 import json
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -28,6 +29,9 @@ from .plugins import registry
 from .tensor import Tensor
 
 PROG = "ckpt-core"
+MAX_OPTION_CHARS = 10_000  # an option value longer than this is a mistake (a layer map of 1000 layers fits)
+MAX_OPTION_DEPTH = 16  # brackets nested deeper than this: the same
+INT_LIMIT = 2 ** 63  # option integers fit in 64 bits (sizes, ranks, seeds, steps)
 
 DESCRIPTION = """\
 Move model checkpoints between training layouts: find out what a checkpoint is, read its
@@ -166,6 +170,10 @@ examples:
 def main(argv: list[str] | None = None) -> None:
     """Run the command; always ends with SystemExit carrying the exit code."""
     args = build_parser().parse_args(argv)
+    # a name or value that is not valid Unicode (a lone surrogate) prints escaped, never half a table
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     raise SystemExit(run(args))
 
 
@@ -211,12 +219,20 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 # -- the parser --------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (what is wrong, and where to read more)
+    instead of the usage block before it; ``--help`` is unchanged."""
+
+    def error(self, message: str):
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)".replace("\n", " ") + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=raw)
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=raw)
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     _add_global_flags(parser, default=False)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _add_global_flags(common, default=argparse.SUPPRESS)  # given after the command: overrides, never resets
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -289,22 +305,52 @@ def _version() -> str:
 
 
 def parse_value(text: str) -> Any:
-    """An option value: JSON, else a Python literal (``{12: 11}``), else the plain string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return text
+    """An option value: JSON, else a Python literal (``{12: 11}``), else the plain string.
+
+    ValueError for a value past the bounds no real option comes near: longer than
+    ``MAX_OPTION_CHARS``, brackets nested deeper than ``MAX_OPTION_DEPTH``, an integer
+    that does not fit in 64 bits (``INT_LIMIT``).
+    """
+    if len(text) > MAX_OPTION_CHARS:
+        raise ValueError(f"the value is {len(text):,} characters long, more than {MAX_OPTION_CHARS:,}")
+    depth = deepest = 0
+    for c in text:
+        depth += (c in "[{(") - (c in "]})")
+        deepest = max(deepest, depth)
+    if deepest > MAX_OPTION_DEPTH:
+        raise ValueError(f"the value nests brackets {deepest} deep, more than {MAX_OPTION_DEPTH}")
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+            if "integer string conversion" in str(e) or re.fullmatch(r"\s*[-+]?\d+\s*", text):
+                raise ValueError(f"an integer does not fit in 64 bits (at most {INT_LIMIT - 1})") from None
+            continue
+        _check_integers(value)
+        return value
+    return text
+
+
+def _check_integers(value: Any) -> None:
+    """ValueError if an integer in ``value`` (a parsed option) does not fit in 64 bits."""
+    if isinstance(value, dict):
+        for item in (*value.keys(), *value.values()):
+            _check_integers(item)
+    elif isinstance(value, (list, tuple, set)):
+        for item in value:
+            _check_integers(item)
+    elif isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+        raise ValueError(f"the integer {str(value)[:12]}... does not fit in 64 bits (at most {INT_LIMIT - 1})")
 
 
 def _option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), parse_value(value)
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text[:80]!r}")
+    try:
+        return key.strip(), parse_value(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"option {key.strip()[:80]}: {e}") from None
 
 
 def _cast(text: str) -> tuple[str, str]:

@@ -91,11 +91,26 @@ def read_header(path: Path | str) -> tuple[dict[str, tuple[str, tuple[int, ...],
 
 
 def _no_duplicates(pairs):
+    """The JSON object as a dict; ValueError for a repeated key, or a string that is not
+    Unicode text (a lone surrogate such as ``"\\ud800"``: valid JSON, but no UTF-8 spells
+    it and the Rust safetensors refuses it)."""
     keys = [k for k, _ in pairs]
     if len(keys) != len(set(keys)):
         dup = next(k for k in keys if keys.count(k) > 1)
         raise ValueError(f"duplicate key {dup!r}")
+    _unicode_text((*keys, *(v for _, v in pairs if isinstance(v, str))))
     return dict(pairs)
+
+
+def _unicode_text(texts) -> None:
+    """ValueError for a string that is not Unicode text (a lone surrogate such as
+    ``"\\ud800"``, which JSON can spell and UTF-8 cannot)."""
+    for text in texts:
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{text!r} is not Unicode text (a lone surrogate)") from None
 
 
 def _check_entry(path: Path, name: str, info, data_size: int):
@@ -218,7 +233,7 @@ def parse_size(text: str | int) -> int:
     """Bytes in a size like ``5GB`` (decimal, as HF counts), ``2GiB`` (binary) or ``1000``."""
     if isinstance(text, int):
         return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B?)\s*", str(text), re.IGNORECASE)
+    m = re.fullmatch(r"\s*(\d{1,19}(?:\.\d{1,19})?)\s*(?:([KMGT])(i?)B?|B?)\s*", str(text), re.IGNORECASE)
     if not m:
         raise UsageError(f"not a size: {text!r} (try 5GB, 500MB or 2GiB)")
     number, unit, binary = m.groups()
@@ -285,6 +300,10 @@ def build_header(tensors: Mapping[str, Tensor], metadata: dict[str, str] | None 
         header["__metadata__"] = metadata
     if "__metadata__" in tensors:
         raise UsageError("a tensor cannot be named __metadata__ in a safetensors file (the name is reserved)")
+    try:  # what no safetensors reader would read back (a name from a torch pickle, say)
+        _unicode_text((*tensors, *(metadata or {}).keys(), *(metadata or {}).values()))
+    except ValueError as e:
+        raise CorruptInput(f"a tensor name or metadata {e}: no safetensors reader reads it") from None
     offset = 0
     for name, t in tensors.items():
         header[name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
@@ -359,7 +378,7 @@ def _crc32_range(rng: FileRange) -> str:
 def copy_range(rng: FileRange, out) -> None:
     """Append a file range to the open file ``out`` without passing the bytes through
     Python (``copy_file_range``; read and written where the kernel cannot). Every writer of
-    file-range tensors uses it (safetensors here, ``torch_save``)."""
+    file-range tensors uses it (safetensors here, ``torchfile.save``)."""
     with open(rng.path, "rb") as src:
         offset, left = rng.offset, rng.nbytes
         while left:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import attrs
 import numpy as np
@@ -28,9 +29,9 @@ from .errors import CorruptInput
 CHUNK_SIZE = 8 * 1024 * 1024
 
 
-@attrs.frozen
-class FileRange:
-    """``nbytes`` bytes of ``path`` starting at ``offset``: a tensor's bytes on disk."""
+class FileRange(NamedTuple):
+    """``nbytes`` bytes of ``path`` starting at ``offset``: a tensor's bytes on disk (a
+    tuple: a file can hold a million of them)."""
 
     path: Path
     offset: int
@@ -52,14 +53,18 @@ class Tensor:
 
     dtype: str
     shape: tuple[int, ...] = attrs.field(converter=tuple)
-    _load: Callable[[], np.ndarray | bytes | memoryview] = attrs.field(alias="load")
+    # None: the bytes are ``file_range``, read when asked
+    _load: Callable[[], np.ndarray | bytes | memoryview] | None = attrs.field(alias="load")
     file_range: FileRange | None = None
 
     def __attrs_post_init__(self):
         if self.dtype not in dtypes.DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}")
-        if any((not isinstance(n, (int, np.integer))) or n < 0 for n in self.shape):
-            raise ValueError(f"bad shape {self.shape!r}")
+        for n in self.shape:
+            if not (type(n) is int or isinstance(n, np.integer)) or n < 0:
+                raise ValueError(f"bad shape {self.shape!r}")
+        if self._load is None and self.file_range is None:
+            raise ValueError("a tensor needs a loader or a file range")
 
     # -- construction -------------------------------------------------------------
 
@@ -67,8 +72,7 @@ class Tensor:
     def from_file(cls, path: Path | str, offset: int, dtype: str, shape: Sequence[int]) -> Tensor:
         """The tensor stored at ``offset`` of ``path`` (read only when asked)."""
         nbytes = math.prod(shape) * dtypes.get(dtype).itemsize
-        rng = FileRange(Path(path), offset, nbytes)
-        return cls(dtype, shape, load=lambda: _read_range(rng, nbytes), file_range=rng)
+        return cls(dtype, shape, load=None, file_range=FileRange(path if isinstance(path, Path) else Path(path), offset, nbytes))
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview, dtype: str, shape: Sequence[int]) -> Tensor:
@@ -109,32 +113,34 @@ class Tensor:
     # -- materialising -------------------------------------------------------------
 
     def raw(self) -> np.ndarray:
-        """The data as unsigned words of the dtype's width, shaped. Reads the bytes."""
-        data = self._load()
+        """The data as unsigned words of the dtype's width, shaped. Reads the bytes.
+
+        A shape numpy cannot hold (more than 64 dimensions, or an empty tensor with a
+        dimension of 2**63) stays flat: comparing, casting and writing work on words alone.
+        """
+        data = _read_range(self.file_range, self.file_range.nbytes) if self._load is None else self._load()
         if isinstance(data, np.ndarray):
             data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
         else:
             data = np.frombuffer(data, dtype=np.uint8)
         if data.size != self.nbytes:
             raise CorruptInput(f"tensor data is {data.size} bytes, expected {self.nbytes} for {self!r}")
-        return data.view(dtypes.get(self.dtype).raw).reshape(self.shape)
+        words = data.view(dtypes.get(self.dtype).raw)
+        try:
+            return words.reshape(self.shape)
+        except ValueError:  # the size is right (checked above), so only the shape is beyond numpy
+            return words
 
     def numpy(self) -> np.ndarray:
         """The data as a numpy array of its real dtype (BF16 and FP8 have none: use raw)."""
         np_dtype = dtypes.get(self.dtype).numpy
         if np_dtype is None:
-            raise TypeError(f"numpy has no {self.dtype}; use .raw() or .to_torch()")
+            raise TypeError(f"numpy has no {self.dtype}; use .raw() or torchfile.to_torch")
         return self.raw().view(np_dtype)
 
     def to_float32(self) -> np.ndarray:
         """Values as float32, for explicit arithmetic only."""
         return dtypes.to_float32(self.raw(), self.dtype)
-
-    def to_torch(self):
-        """The data as a torch tensor of the same dtype (imports torch)."""
-        from .torch_io import to_torch
-
-        return to_torch(self)
 
     def to_mlx(self):
         """The data as an mlx array (imports mlx; FP8 comes back as uint8, F64 is refused)."""

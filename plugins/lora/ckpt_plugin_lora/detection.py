@@ -2,7 +2,7 @@
 
 A torch zip's ``data.pkl`` is scanned as opcodes (``pickletools``, nothing runs) for the
 fork's marks: ``main_weight`` / ``lora_A`` keys or the LoRA ``model_args``. Only a file
-that has them is opened further, through ``torch_pickle.load`` (the pickle's structure; no
+that has them is opened further, through ``torchfile.load`` (the pickle's structure; no
 tensor data is read), to name ranks and targets.
 """
 
@@ -14,8 +14,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from ckpt_core import CkptError, Detection, files, jsonfile
-from ckpt_core import torch_pickle
+from ckpt_core import CkptError, Detection, files, jsonfile, torchfile
 
 from . import forkfile, keys, peftdir
 
@@ -56,7 +55,7 @@ def detect_fork(path: Path) -> Detection | None:
     if not any(MARKS.search(s) for s in strings):
         return None
     try:
-        top, state, variant = forkfile._parts(path, torch_pickle.load(path))
+        top, state, variant = forkfile._parts(path, torchfile.load(path))
     except Exception:
         return Detection(forkfile.NAME, 0.3, "a torch pickle with LoRA key names that does not load", path)
     what = _describe(top, state)

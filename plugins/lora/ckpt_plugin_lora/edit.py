@@ -18,7 +18,7 @@ import attrs
 
 from ckpt_core import dtypes as dtype_table
 from ckpt_core import Adapter, Checkpoint, CkptWarning, Tensor, UsageError
-from ckpt_core.torch_io import TORCH_DTYPES, from_torch, import_torch
+from ckpt_core.torchfile import TORCH_DTYPES, from_torch, import_torch
 from ckpt_core.transforms import merge_adapters
 
 from . import keys

@@ -29,7 +29,7 @@ import numpy as np
 from ckpt_core import (Adapter, Arch, Checkpoint, CkptWarning, CorruptInput, Layout, LossyConversion, OptimizerState, Tensor,
                        TrainState, UsageError, dtypes)
 from ckpt_core.gpt import adamw_param_order
-from ckpt_core import torch_pickle, torch_save
+from ckpt_core import torchfile
 
 from . import keys, optimizer, trees
 
@@ -49,7 +49,7 @@ def _kind(module: str, ext_adapters: dict) -> str:
 
 
 def _parts(path: Path, obj: Any) -> tuple[dict, dict, str]:
-    """``(top-level dict, state dict, variant)`` of a loaded ``ckpt.pt`` (``torch_pickle.load``)."""
+    """``(top-level dict, state dict, variant)`` of a loaded ``ckpt.pt`` (``torchfile.load``)."""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         top, state = obj, obj["model"]
     elif isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
@@ -75,7 +75,7 @@ def _parts(path: Path, obj: Any) -> tuple[dict, dict, str]:
 
 def read(path: Path, alpha: float | None = None) -> Checkpoint:
     """The fork's ``ckpt.pt`` (any variant) as a canonical checkpoint; tensors stay on disk."""
-    top, state, variant = _parts(path, torch_pickle.load(path))
+    top, state, variant = _parts(path, torchfile.load(path))
     ext = _ext(path, top)
     ext_adapters = ext.get("adapters", {})
     model_args = top.get("model_args") or {}
@@ -210,7 +210,7 @@ def _train_state(path: Path, top: dict, ext: dict, state: dict, ties: dict) -> T
 
 def train_state(path: Path) -> TrainState | None:
     """The training state of ``ckpt.pt``, its tensors left unread."""
-    top, state, _ = _parts(path, torch_pickle.load(path))
+    top, state, _ = _parts(path, torchfile.load(path))
     ext = _ext(path, top)
     prefix = PREFIX if all(k.startswith(PREFIX) for k in state) else ""
     state = {k[len(prefix):]: v for k, v in state.items()}
@@ -333,7 +333,7 @@ def write(ck: Checkpoint, path: Path) -> None:
     out.update((k, v) for k, v in top.items() if k not in out)
     if ext:
         out[EXT] = trees.pack(ext)
-    torch_save.save(out, path)
+    torchfile.save(out, path)
 
 
 def _model_args(ck: Checkpoint, facts: dict, lora_only: list[str], merged_variant: bool) -> tuple[dict, dict]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_core import Adapter, Checkpoint, CorruptInput, Layout, LossyConversion, NotFound, Tensor, UsageError
-from ckpt_core import jsonfile, safetensors_io, torch_pickle, torch_save
+from ckpt_core import jsonfile, safetensors_io, torchfile
 
 from . import hfgpt2, keys
 
@@ -59,7 +59,7 @@ def _weights(path: Path) -> tuple[str, dict, dict]:
             if name.endswith(".safetensors"):
                 tensors, metadata = safetensors_io.open_file(path / name)
                 return name, tensors, dict(metadata or {})
-            obj = torch_pickle.load(path / name)
+            obj = torchfile.load(path / name)
             if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
                 raise CorruptInput(f"{path / name}: not a state dict")
             return name, dict(obj), {}
@@ -68,6 +68,8 @@ def _weights(path: Path) -> tuple[str, dict, dict]:
 
 def _base_path(path: Path, config: dict, option: Any) -> tuple[Path, str]:
     if option:
+        if not isinstance(option, str):
+            raise UsageError(f"option base takes a path, not {option!r}")
         return Path(option), "option"
     if (path / BASE_DIR).is_dir():
         return path / BASE_DIR, "directory"
@@ -198,7 +200,7 @@ def write(ck: Checkpoint, path: Path, base: Any = None) -> None:
     if extra:
         metadata[META_KEY] = json.dumps({"adapters": extra}, separators=(",", ":"))
     if facts.get("weights") == "adapter_model.bin" and not extra:
-        torch_save.save(tensors, path / "adapter_model.bin")
+        torchfile.save(tensors, path / "adapter_model.bin")
     else:
         safetensors_io.write_file(path / "adapter_model.safetensors", tensors, metadata)
     if not base:

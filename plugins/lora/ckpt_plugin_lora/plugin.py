@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from ckpt_core import Checkpoint, CkptWarning, FormatSpec, UsageError, hookimpl
-from ckpt_core.torch_io import VERIFY_OPTION, check_archive
+from ckpt_core.torchfile import VERIFY_OPTION, check_archive
 
 from . import detection, edit, forkfile, peftdir
 
@@ -74,14 +74,15 @@ def _flag(options: dict, name: str) -> bool:
     return bool(value)
 
 
-def _int(options: dict, name: str, default: int | None = None) -> int | None:
+def _number(options: dict, name: str, kind: type, default=None):
+    """Option ``name`` as an int or a float (``kind``); UsageError for anything else."""
     value = options.get(name, default)
     if value is None:
         return None
     try:
-        return int(value)
+        return kind(value)
     except (TypeError, ValueError):
-        raise UsageError(f"option {name} takes an integer, not {value!r}") from None
+        raise UsageError(f"option {name} takes {'an integer' if kind is int else 'a number'}, not {value!r}") from None
 
 
 def drop_optimizer(ck: Checkpoint, why: str) -> Checkpoint:
@@ -106,8 +107,7 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]):
         _no_merge_option(options)
         if _flag(options, "verify"):
             check_archive(path)
-        alpha = options.get("alpha")
-        return forkfile.read(path, float(alpha) if alpha is not None else None)
+        return forkfile.read(path, _number(options, "alpha", float))
     if format == peftdir.NAME:
         return peftdir.read(path, options.get("base"))
     return None
@@ -124,7 +124,7 @@ def _edit(ck: Checkpoint, options: dict) -> Checkpoint:
     _no_merge_option(options)
     if "tied_head" in options and ck.adapters and options.get("rank_change") != "merge":
         raise UsageError("option tied_head applies when merging: add --merge-adapters (or --option rank_change=merge)")
-    rank = _int(options, "rank")
+    rank = _number(options, "rank", int)
     if rank is None:
         given = [k for k in ("targets", "rank_change", "init", "seed") if k in options]
         if given:
@@ -138,6 +138,10 @@ def _edit(ck: Checkpoint, options: dict) -> Checkpoint:
         names = list(ck.adapters) or edit.targets_of(ck, ["attn"])
     if not names:
         raise UsageError(f"no tensor of this checkpoint is a target ({options.get('targets', 'attn')})")
+    widest = max(max(ck.tensor(n).shape, default=1) for n in names)
+    if rank > widest:
+        raise UsageError(f"rank {rank} is larger than every target's dimensions (at most {widest}): adapters that wide "
+                         "add nothing")
     resized = [n for n in names if n in ck.adapters and ck.adapters[n].rank != rank]
     change = options.get("rank_change")
     if resized and change not in ("pad", "merge"):
@@ -152,8 +156,8 @@ def _edit(ck: Checkpoint, options: dict) -> Checkpoint:
     elif change == "merge" and resized:
         ck = edit.merge(ck, options.get("tied_head", "untie"), only=resized)
     new = [n for n in names if n not in ck.adapters]
-    alpha = float(options.get("alpha", 1.0))
-    ck = edit.add_fresh(ck, new, rank, alpha, options.get("init", "kaiming"), _int(options, "seed", 0))
+    alpha = _number(options, "alpha", float, 1.0)
+    ck = edit.add_fresh(ck, new, rank, alpha, options.get("init", "kaiming"), _number(options, "seed", int, 0))
     if new or resized:
         what = f"{len(new)} fresh adapter(s)" if new else f"rank {rank}"
         ck = drop_optimizer(ck, f"the parameter set changed ({what})")

@@ -33,7 +33,7 @@ def fork(tmp_path_factory):
 def plain(tmp_path_factory):
     """A plain nanoGPT (no LoRA) as a canonical checkpoint directory, with training state."""
     from ckpt_core import Arch, Checkpoint, OptimizerState, TrainState, api
-    from ckpt_core.torch_io import from_torch
+    from ckpt_core.torchfile import from_torch
 
     root = tmp_path_factory.mktemp("plain")
     torch.manual_seed(1)

@@ -11,7 +11,7 @@ import torch
 from lora_reference import fork_model
 from lora_reference import LoRAConfig, LoRAGPT, batch, checkpoint_dict, train
 
-from ckpt_core import CkptWarning, CorruptInput, LossyConversion, UsageError, api, transforms
+from ckpt_core import CkptWarning, CorruptInput, LossyConversion, UsageError, api, torchfile, transforms
 from ckpt_core.compare import differences
 
 
@@ -63,13 +63,13 @@ def test_adapters_are_edges_never_merged(fork):
     sd = fork["model"].state_dict()
     attn = ck.adapters["transformer.h.0.attn.c_attn.weight"]
     assert (attn.rank, attn.alpha, attn.scaling, attn.kind) == (4, 8.0, "alpha/rank", "linear")
-    assert torch.equal(attn.a.to_torch(), sd["transformer.h.0.attn.c_attn.lora_A.weight"])  # [r, in]
-    assert torch.equal(attn.b.to_torch(), sd["transformer.h.0.attn.c_attn.lora_B.weight"])  # [out, r]
+    assert torch.equal(torchfile.to_torch(attn.a), sd["transformer.h.0.attn.c_attn.lora_A.weight"])  # [r, in]
+    assert torch.equal(torchfile.to_torch(attn.b), sd["transformer.h.0.attn.c_attn.lora_B.weight"])  # [out, r]
     emb = ck.adapters["transformer.wte.weight"]
     assert emb.kind == "embedding"
-    assert torch.equal(emb.b.to_torch(), sd["transformer.wte.lora_A.weight"])  # [V, r]
-    assert torch.equal(emb.a.to_torch(), sd["transformer.wte.lora_B.weight"].T)  # [r, C]
-    assert torch.equal(ck.tensors["transformer.h.0.attn.c_attn.weight"].to_torch(), sd["transformer.h.0.attn.c_attn.main_weight.weight"])
+    assert torch.equal(torchfile.to_torch(emb.b), sd["transformer.wte.lora_A.weight"])  # [V, r]
+    assert torch.equal(torchfile.to_torch(emb.a), sd["transformer.wte.lora_B.weight"].T)  # [r, C]
+    assert torch.equal(torchfile.to_torch(ck.tensors["transformer.h.0.attn.c_attn.weight"]), sd["transformer.h.0.attn.c_attn.main_weight.weight"])
     assert ck.ties == {"lm_head.weight": "transformer.wte.weight"}
     assert "transformer.h.1.attn.c_attn.weight" in ck.tensors and "transformer.h.1.attn.c_attn.weight" not in ck.adapters
     assert ck.layout.variant == "lora" and ck.train_state.step == 3
@@ -102,7 +102,7 @@ def test_optimizer_state_is_named(fork):
     assert "transformer.h.0.attn.c_attn.weight" not in names  # frozen main weight: no state
     sd = fork["optimizer"].state_dict()
     pos = fork["names"].index("transformer.wte.lora_B.weight")
-    assert torch.equal(ts.optimizer.param_state["transformer.wte.weight::lora_a"]["exp_avg"].to_torch(), sd["state"][pos]["exp_avg"].T)
+    assert torch.equal(torchfile.to_torch(ts.optimizer.param_state["transformer.wte.weight::lora_a"]["exp_avg"]), sd["state"][pos]["exp_avg"].T)
     assert ts.step == 3 and ts.config["dataset"] == "shakespeare_char"
 
 
@@ -135,7 +135,7 @@ def _merged_model(ck, config: LoRAConfig) -> LoRAGPT:
     plain = LoRAGPT(LoRAConfig(**{**asdict(config), "attn_lora_rank": 0, "embedding_mode": "default"}))
     if "lm_head.weight" in ck.tensors:
         plain.lm_head.weight = torch.nn.Parameter(torch.empty_like(plain.lm_head.weight))
-    sd = {n: ck.tensor(n).to_torch() for n in ck.names()}
+    sd = {n: torchfile.to_torch(ck.tensor(n)) for n in ck.names()}
     plain.load_state_dict(sd, strict=True)
     return plain.eval()
 
@@ -148,9 +148,9 @@ def test_merge_matches_the_reference_forward(fork, tmp_path):
     model = fork["model"]
     sd = model.state_dict()
     # the untied head keeps the main weight, exactly as the LoRA model's head computes
-    assert torch.equal(ck.tensors["lm_head.weight"].to_torch(), sd["transformer.wte.main_weight.weight"])
+    assert torch.equal(torchfile.to_torch(ck.tensors["lm_head.weight"]), sd["transformer.wte.main_weight.weight"])
     # the rank-0 layer keeps its weight (the fork's merge drops it)
-    assert torch.equal(ck.tensors["transformer.h.1.attn.c_attn.weight"].to_torch(), sd["transformer.h.1.attn.c_attn.main_weight.weight"])
+    assert torch.equal(torchfile.to_torch(ck.tensors["transformer.h.1.attn.c_attn.weight"]), sd["transformer.h.1.attn.c_attn.main_weight.weight"])
     x = batch(model)
     with torch.no_grad():
         torch.testing.assert_close(_merged_model(ck, model.config)(x), model(x), rtol=1e-5, atol=1e-5)
@@ -164,7 +164,7 @@ def test_merge_with_tie_kept(fork, tmp_path):
     assert ck.ties == {"lm_head.weight": "transformer.wte.weight"}
     model = fork["model"]
     expected = model.transformer.wte.main_weight.weight + model.transformer.wte.delta()
-    torch.testing.assert_close(ck.tensor("lm_head.weight").to_torch(), expected.detach())
+    torch.testing.assert_close(torchfile.to_torch(ck.tensor("lm_head.weight")), expected.detach())
 
 
 def test_converting_adapters_away_refuses_unless_merged(fork, tmp_path):
@@ -232,7 +232,7 @@ def test_rank_change_pad_is_exact(fork, tmp_path):
     for name, ad in ck.adapters.items():
         before = old.adapters[name]
         assert ad.rank == 8 and ad.scale == before.scale
-        assert ad.a.slice(0, 0, 4).tobytes() == before.a.tobytes() and not ad.a.slice(0, 4, 8).to_torch().any()
+        assert ad.a.slice(0, 0, 4).tobytes() == before.a.tobytes() and not torchfile.to_torch(ad.a.slice(0, 4, 8)).any()
         assert ad.b.slice(1, 0, 4).tobytes() == before.b.tobytes()
     model = _load_model(tmp_path / "r8.pt")
     assert model.config.lora_alpha == 16.0
@@ -250,7 +250,7 @@ def test_rank_change_merge_starts_fresh(fork, tmp_path):
     ck = _quiet_load(tmp_path / "r8.pt")
     assert {n: a.rank for n, a in ck.adapters.items()} == {n: 8 for n in ("transformer.wte.weight", "transformer.h.0.attn.c_attn.weight",
                                                                        "transformer.h.2.attn.c_attn.weight")}
-    assert all(not (a.b.to_torch() @ a.a.to_torch()).any() for a in ck.adapters.values())  # fresh: B is zero
+    assert all(not (torchfile.to_torch(a.b) @ torchfile.to_torch(a.a)).any() for a in ck.adapters.values())  # fresh: B is zero
     merged = transforms.merge_adapters(_quiet_load(tmp_path / "r8.pt"))
     model = fork["model"]
     x = batch(model)
@@ -282,7 +282,7 @@ def test_optimizer_without_param_names_follows_nanogpt_order(tmp_path):
         key = {"transformer.wte.lora_B.weight": "transformer.wte.weight::lora_a",
                "transformer.wte.lora_A.weight": "transformer.wte.weight::lora_b"}.get(name, name.replace(".main_weight", ""))
         key = key.replace(".lora_A.weight", ".weight::lora_a").replace(".lora_B.weight", ".weight::lora_b")
-        got = canonical[key]["exp_avg"].to_torch()
+        got = torchfile.to_torch(canonical[key]["exp_avg"])
         assert torch.equal(got.T if name == "transformer.wte.lora_B.weight" else got, state[pos]["exp_avg"]), name
     api.save(api.load(tmp_path / "ckpt.pt"), tmp_path / "out.pt", "lora-nanogpt")
     assert "param_names" not in torch.load(tmp_path / "out.pt", weights_only=True)  # kept as the file had it

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from ckpt_core import CkptWarning, CorruptInput, UsageError, api
+from ckpt_core import CkptWarning, CorruptInput, UsageError, api, torchfile
 from ckpt_core.compare import differences
 
 peft = pytest.importorskip("peft")
@@ -59,15 +59,15 @@ def test_import_maps_adapters_exactly(hf):
     raw = load_file(hf["root"] / "adapter" / "adapter_model.safetensors")
     attn = ck.adapters["transformer.h.0.attn.c_attn.weight"]
     assert (attn.rank, attn.alpha, attn.kind) == (4, 8.0, "linear")
-    assert torch.equal(attn.a.to_torch(), raw["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"])
+    assert torch.equal(torchfile.to_torch(attn.a), raw["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"])
     assert ck.adapters["transformer.h.1.attn.c_attn.weight"].rank == 2  # rank_pattern
     emb = ck.adapters["transformer.wte.weight"]
     assert emb.kind == "embedding"
-    assert torch.equal(emb.b.to_torch(), raw["base_model.model.transformer.wte.lora_embedding_A"].T)
-    assert torch.equal(emb.a.to_torch(), raw["base_model.model.transformer.wte.lora_embedding_B"].T)
+    assert torch.equal(torchfile.to_torch(emb.b), raw["base_model.model.transformer.wte.lora_embedding_A"].T)
+    assert torch.equal(torchfile.to_torch(emb.a), raw["base_model.model.transformer.wte.lora_embedding_B"].T)
     # the base: HF Conv1D [in, out] transposed exactly to [out, in]
     base = hf["model"].get_base_model()
-    assert torch.equal(ck.tensors["transformer.h.0.attn.c_attn.weight"].to_torch(), base.transformer.h[0].attn.c_attn.base_layer.weight.T)
+    assert torch.equal(torchfile.to_torch(ck.tensors["transformer.h.0.attn.c_attn.weight"]), base.transformer.h[0].attn.c_attn.base_layer.weight.T)
     assert ck.ties == {"lm_head.weight": "transformer.wte.weight"}
 
 
@@ -108,8 +108,8 @@ def test_merged_peft_equals_peft_merge(hf, tmp_path):
         ck = api.convert(hf["root"] / "adapter", tmp_path / "merged", "canonical", merge_adapters=True)
     merged = load_peft(hf["root"] / "base", hf["root"] / "adapter").merge_and_unload()
     sd = merged.state_dict()
-    torch.testing.assert_close(ck.tensor("transformer.h.0.attn.c_attn.weight").to_torch(), sd["transformer.h.0.attn.c_attn.weight"].T)
-    torch.testing.assert_close(ck.tensor("transformer.wte.weight").to_torch(), sd["transformer.wte.weight"])
+    torch.testing.assert_close(torchfile.to_torch(ck.tensor("transformer.h.0.attn.c_attn.weight")), sd["transformer.h.0.attn.c_attn.weight"].T)
+    torch.testing.assert_close(torchfile.to_torch(ck.tensor("transformer.wte.weight")), sd["transformer.wte.weight"])
 
 
 def test_rslora_scaling(tmp_path):

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from ckpt_core import api
+from ckpt_core import api, torchfile
 from ckpt_core.errors import LossyConversion
 
 mx = pytest.importorskip("mlx.core", reason="mlx is not installed; these tests load checkpoints into real MLX models")
@@ -163,7 +163,7 @@ def test_bf16_complex64_and_every_mlx_dtype_are_byte_exact(tmp_path):
     assert {k: v.dtype for k, v in back.items()} == {k: v.dtype for k, v in arrays.items()}
     assert {k: words(v) for k, v in back.items()} == {k: words(v) for k, v in arrays.items()}
     torch = pytest.importorskip("torch")
-    bf16 = api.load(tmp_path / "out").tensors["bf16.weight"].to_torch()
+    bf16 = torchfile.to_torch(api.load(tmp_path / "out").tensors["bf16.weight"])
     assert bf16.dtype == torch.bfloat16 and bf16.view(torch.uint16).numpy().tobytes() == words(arrays["bf16.weight"])
 
 

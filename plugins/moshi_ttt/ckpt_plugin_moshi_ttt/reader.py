@@ -109,6 +109,8 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
     adapters_only = weights_name == layout.LORA
     trained = sorted(n for n in flat if not n.endswith((keys.LORA_A, keys.LORA_B))) if adapters_only else None
     if options.get("base") is not None:
+        if not isinstance(options["base"], str):
+            raise UsageError(f"option base takes a path, not {options['base']!r}")
         flat = with_base(flat, Path(options["base"]))
     tensors, ties, adapters = assemble(flat, config.get("lora_scaling"), consolidated / weights_name)
     folder_step = layout.step_of(consolidated.parent) if found != "consolidated" else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import CorruptInput, LossyConversion, OptimizerState, TrainState, files, jsonfile, torch_pickle, torch_save
+from ckpt_core import CorruptInput, LossyConversion, OptimizerState, TrainState, files, jsonfile, torchfile
 
 from . import layout
 
@@ -47,7 +47,7 @@ def retention(run_dir: Path) -> int | None:
 
 def read_optimizer(path: Path) -> tuple[OptimizerState, int | None]:
     """The optimizer state in ``optimizer_state.pt`` and the step it records."""
-    data = torch_pickle.load(path)
+    data = torchfile.load(path)
     opt = data.get("optimizer") if isinstance(data, dict) else None
     if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
         raise CorruptInput(f"{path}: expected {{'optimizer': {{'state', 'param_groups'}}, 'step'}}")
@@ -68,7 +68,7 @@ def write_optimizer(path: Path, opt: OptimizerState, step: int) -> None:
     state = {positions[n]: s for n, s in opt.param_state.items()}
     groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [positions[p] for p in g.get("params", [])]}
               for g in opt.groups]
-    torch_save.save({"optimizer": {"state": state, "param_groups": groups}, "step": step, **opt.extra}, path)
+    torchfile.save({"optimizer": {"state": state, "param_groups": groups}, "step": step, **opt.extra}, path)
 
 
 def read(consolidated: Path, folder_step: int | None, run_dir: Path | None) -> TrainState | None:

@@ -60,6 +60,8 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
         if options.get("base") is None:
             raise UsageError(f"{len(unattached_lora(ck))} LoRA tensors have no base weights: a full consolidated.safetensors "
                              "needs --option base=PATH (the model they were trained on), or write --option weights=lora")
+        if not isinstance(options["base"], str):
+            raise UsageError(f"option base takes a path, not {options['base']!r}")
         ck = _with_base(ck, Path(options["base"]))
     ts = None if init_state else ck.train_state
     if ts is not None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ckpt_core import torch_pickle
+from ckpt_core import torchfile
 from ckpt_core.errors import CorruptInput
 from ckpt_core.model import Detection
-from ckpt_core.torch_io import is_zip
+from ckpt_core.torchfile import is_zip
 
 from .kinds import LORA_KEY, Unsupported, is_lora, kind_of, strip_prefix
 
@@ -31,7 +31,7 @@ def detect(path: Path) -> Detection | None:
     if not is_zip(path):
         return _fallback(path, "not a torch zip archive: a legacy torch pickle, or a damaged file")
     try:
-        scan = torch_pickle.scan(path)
+        scan = torchfile.scan(path)
     except CorruptInput as e:
         return _fallback(path, str(e))
     obj = scan.obj
@@ -39,7 +39,7 @@ def detect(path: Path) -> Detection | None:
         needs = f"needs {', '.join(scan.records)} to load" if scan.records else "holds no state dict"
         return _fallback(path, f"a torch pickle that {needs}")
     top, model = (obj, obj["model"]) if isinstance(obj.get("model"), dict) else ({}, obj)
-    stubs = {k: v.shape for k, v in model.items() if isinstance(k, str) and isinstance(v, torch_pickle.TensorStub)}
+    stubs = {k: v.shape for k, v in model.items() if isinstance(k, str) and isinstance(v, torchfile.TensorStub)}
     if scan.records and len(stubs) != len(model):  # claimed, so that loading names what the model needs
         return _fallback(path, f"a torch pickle whose model needs {', '.join(scan.records)} to load")
     if not stubs or len(stubs) != len(model) or is_lora(top) or any(re.fullmatch(LORA_KEY, k) for k in stubs):
@@ -68,4 +68,4 @@ def _fallback(path: Path, why: str) -> Detection | None:
 
 def _has_tensors(obj: dict) -> bool:
     model = obj.get("model", obj)
-    return isinstance(model, dict) and any(isinstance(v, torch_pickle.TensorStub) for v in model.values())
+    return isinstance(model, dict) and any(isinstance(v, torchfile.TensorStub) for v in model.values())

@@ -12,7 +12,7 @@ from typing import Any
 
 from ckpt_core import hookimpl
 from ckpt_core.model import FormatSpec
-from ckpt_core.torch_io import VERIFY_OPTION
+from ckpt_core.torchfile import VERIFY_OPTION
 
 from . import detection, reading, writing
 from .family import MODDED_GPT

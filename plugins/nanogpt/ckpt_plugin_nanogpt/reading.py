@@ -1,6 +1,6 @@
 """Reading nanoGPT and modded-nanogpt pickles as canonical Checkpoints (tensors lazy).
 
-The file loads through ``ckpt_core.torch_pickle.load``: nothing in it runs, no tensor data
+The file loads through ``ckpt_core.torchfile.load``: nothing in it runs, no tensor data
 is read, and a plain checkpoint needs no torch at all. A modded-nanogpt file whose
 optimizer state needs a script-defined class is refused naming it; with ``model_only`` its
 model part is read by the inert scanner instead, and the optimizer state is dropped with a
@@ -13,12 +13,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import schema, torch_pickle
+from ckpt_core import schema, torchfile
 from ckpt_core.errors import CkptWarning, CorruptInput, UnknownFormat, UnsafeInput
 from ckpt_core.gpt import GPT
 from ckpt_core.model import Arch, Checkpoint, Layout, OptimizerState, TrainState
 from ckpt_core.tensor import Tensor
-from ckpt_core.torch_io import check_archive
+from ckpt_core.torchfile import check_archive
 
 from . import layouts, params, trainstate
 from .family import MODDED_GPT
@@ -31,16 +31,16 @@ DIFFERENT = ("modded-nanogpt is not nanoGPT: parameter-free RMSNorm, rotary posi
 
 
 def load(path: Path, fmt: str, model_only: bool) -> Any:
-    """The unpickled file, tensors lazy (``ckpt_core.torch_pickle.load``: without torch
+    """The unpickled file, tensors lazy (``ckpt_core.torchfile.load``: without torch
     for a plain pickle). For modded formats with ``model_only``, a file whose other parts
     need code has its model part read by the scanner and the rest left inert."""
     try:
-        return torch_pickle.load(path)
+        return torchfile.load(path)
     except UnsafeInput as e:
         if fmt == "nanogpt":
             raise
         try:
-            scan = torch_pickle.scan(path)
+            scan = torchfile.scan(path)
         except CorruptInput:  # not a zip (a legacy torch file): no model part to read alone
             raise e from None
         if not model_only:
@@ -49,17 +49,17 @@ def load(path: Path, fmt: str, model_only: bool) -> Any:
         return _inert_model_part(path, scan)
 
 
-def _inert_model_part(path: Path, scan: torch_pickle.Scan) -> dict:
+def _inert_model_part(path: Path, scan: torchfile.Scan) -> dict:
     top = scan.obj
     if not isinstance(top, dict) or not isinstance(top.get("model"), dict):
         raise UnsafeInput(f"{path}: needs {', '.join(scan.records)} and has no separate model part to read alone")
     model, seen = {}, {}
     for key, stub in top["model"].items():
-        if not isinstance(stub, torch_pickle.TensorStub):
-            needs = f" (it needs {stub.qualname})" if isinstance(stub, torch_pickle.Record) else ""
+        if not isinstance(stub, torchfile.TensorStub):
+            needs = f" (it needs {stub.qualname})" if isinstance(stub, torchfile.Record) else ""
             raise UnsafeInput(f"{path}: model entry {key!r} is not a tensor{needs}; refused")
         if stub not in seen:  # keys over the same bytes are a tie, as torch.load shares them
-            seen[stub] = torch_pickle.stub_tensor(path, scan.archive, stub)
+            seen[stub] = torchfile.stub_tensor(path, scan.archive, stub, scan.members)
         model[key] = seen[stub]
     dropped = [k for k, v in top.items() if k != "model" and not _plain(v)]
     warnings.warn(f"{path.name}: dropped {', '.join(dropped)} (needs {', '.join(scan.records)}); read the model part only",
@@ -69,7 +69,7 @@ def _inert_model_part(path: Path, scan: torch_pickle.Scan) -> dict:
 
 def _plain(value: Any) -> bool:
     """Whether a scanned value is plain data (no inert records, no tensors)."""
-    if isinstance(value, (torch_pickle.Record, torch_pickle.TensorStub)):
+    if isinstance(value, (torchfile.Record, torchfile.TensorStub)):
         return False
     if isinstance(value, dict):
         return all(_plain(k) and _plain(v) for k, v in value.items())

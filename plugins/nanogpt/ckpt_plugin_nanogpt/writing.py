@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import torch_save
+from ckpt_core import torchfile
 from ckpt_core.compare import tree_differences
 from ckpt_core.errors import CkptWarning, LossyConversion, UsageError
 from ckpt_core.model import Checkpoint, TrainState
@@ -72,7 +72,7 @@ def write(ck: Checkpoint, path: Path, fmt: str, options: dict[str, Any]) -> None
                                   "Nothing was written.")
         want_bare = False
         top = _top(ck, kind, shapes, untie(named)[0], False)
-    torch_save.save(model if want_bare else _ordered(top, model, kind), path)
+    torchfile.save(model if want_bare else _ordered(top, model, kind), path)
 
 
 def _top(ck: Checkpoint, kind: Kind, shapes: dict, stored: dict, bare: bool) -> dict:

@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 
 from ckpt_plugin_nanogpt import reading  # noqa: E402
 
-from ckpt_core import torch_pickle  # noqa: E402
-from ckpt_core.torch_io import tree_from_torch  # noqa: E402
+from ckpt_core import torchfile  # noqa: E402
+from ckpt_core.torchfile import tree_from_torch  # noqa: E402
 
 
 def _same(scanned, loaded, where="file"):
@@ -67,7 +67,7 @@ def test_a_file_needing_other_classes_goes_through_torch_and_is_refused(upstream
     ckpt = torch.load(upstream["nanogpt"], weights_only=True)
     ckpt["extra"] = ref.ScriptOptimizerState(str(tmp_path / "ran"), {})
     torch.save(ckpt, tmp_path / "ckpt.pt")
-    assert torch_pickle.scan(tmp_path / "ckpt.pt").records == ("nanogpt_reference.ScriptOptimizerState",)
+    assert torchfile.scan(tmp_path / "ckpt.pt").records == ("nanogpt_reference.ScriptOptimizerState",)
     with pytest.raises(UnsafeInput, match="ScriptOptimizerState"):
         reading.load(tmp_path / "ckpt.pt", "nanogpt", model_only=False)
     assert not (tmp_path / "ran").exists()

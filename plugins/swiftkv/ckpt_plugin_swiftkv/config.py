@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from ckpt_core import Checkpoint, LossyConversion, tree
-from ckpt_core.torch_io import TORCH_DTYPES
+from ckpt_core.torchfile import TORCH_DTYPES
 
 from . import swiftkv
 from .families import CONFIG_KEYS, MODEL_TYPES

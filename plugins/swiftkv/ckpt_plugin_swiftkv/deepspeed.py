@@ -21,7 +21,7 @@ from ckpt_core import (Arch, Checkpoint, CkptError, CorruptInput, Detection, Not
                        TrainState, UnsafeInput)
 from ckpt_core.model import Layout
 from ckpt_core.safetensors_io import read_header, read_index
-from ckpt_core.torch_io import from_torch, is_zip, load_pickle, tree_from_torch
+from ckpt_core.torchfile import from_torch, is_zip, load_pickle, tree_from_torch
 
 from . import hfdir, swiftkv
 from .config import EMBED, LM_HEAD, TIE, ordered

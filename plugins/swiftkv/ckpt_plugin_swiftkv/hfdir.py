@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from ckpt_core import CorruptInput, NotFound, Tensor, UnsafeInput, jsonfile, torch_pickle
+from ckpt_core import CorruptInput, NotFound, Tensor, UnsafeInput, jsonfile, torchfile
 from ckpt_core.safetensors_io import INDEX_SUFFIX, find_index, open_file, open_sharded, read_header, read_index, \
     write_bytes, write_sharded
 
@@ -122,7 +122,7 @@ def _open(path: Path, kind: str) -> dict[str, Tensor]:
 
 
 def _bin_tensors(path: Path) -> dict[str, Tensor]:
-    state = torch_pickle.load(path)
+    state = torchfile.load(path)
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise CorruptInput(f"{path}: not a state dict (a mapping of names to tensors)")
     return state

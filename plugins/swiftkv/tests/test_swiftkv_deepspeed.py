@@ -14,7 +14,7 @@ import torch
 from swiftkv_reference import deepspeed_dir, model_states, save_teacher
 
 import ckpt_core
-from ckpt_core import UnsafeInput
+from ckpt_core import UnsafeInput, torchfile
 from ckpt_core.compare import differences
 
 CLI = [sys.executable, "-m", "ckpt_core"]
@@ -46,7 +46,7 @@ def test_train_state_from_the_latest_tag(ds_dir):
     assert ts.extra["optimizer_present"] and ts.extra["scheduler_present"]
     assert ts.optimizer.extra["files"] == [f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)]
     assert ts.scheduler == expected["lr_scheduler"] and ts.config == expected["ds_config"]
-    assert torch.equal(ts.rng["torch"].to_torch(), expected["torch_random_state"])
+    assert torch.equal(torchfile.to_torch(ts.rng["torch"]), expected["torch_random_state"])
     kind, keys, pos, has_gauss, cached = ts.rng["numpy"]
     np_state = expected["np_random_state"]
     assert kind == "MT19937" and np.array_equal(keys.numpy(), np_state[1]) and (pos, has_gauss, cached) == np_state[2:]
@@ -68,7 +68,7 @@ def test_module_weights_convert_to_a_student(tmp_path, ds_dir, llama_model):
     ck = ckpt_core.load(ds_dir)
     module = _student_module(llama_model)
     assert set(ck.tensors) == set(module)
-    assert all(torch.equal(ck.tensors[n].to_torch(), t) for n, t in module.items())
+    assert all(torch.equal(torchfile.to_torch(ck.tensors[n]), t) for n, t in module.items())
     assert ck.arch.params["num_key_value_layers"] == 2 and ck.arch.params["key_value_group_size"] == 1
     out = tmp_path / "student"
     with pytest.raises(ckpt_core.LossyConversion, match="training state"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ckpt_core
-from ckpt_core import CkptWarning, LossyConversion, UsageError
+from ckpt_core import CkptWarning, LossyConversion, UsageError, torchfile
 from ckpt_core.compare import differences
 from ckpt_core.plugins import registry
 from ckpt_core.tensor import same_bytes
@@ -82,9 +82,9 @@ def test_teacher_to_variant_a_groups_average_k_and_v(tmp_path, qwen3_dir):
             assert same_bytes(student.tensors[L.format(i) + f"self_attn.{part}_swiftkv.weight"],
                               teacher.tensors[L.format(i) + f"self_attn.{part}.weight"])
     for part in ("k_proj", "v_proj", "k_norm"):
-        group = [teacher.tensors[L.format(i) + f"self_attn.{part}.weight"].to_torch() for i in (2, 3)]
+        group = [torchfile.to_torch(teacher.tensors[L.format(i) + f"self_attn.{part}.weight"]) for i in (2, 3)]
         mean = (torch.stack([t.float() for t in group]).mean(0)).to(torch.bfloat16)
-        assert torch.equal(student.tensors[L.format(2) + f"self_attn.{part}_swiftkv.weight"].to_torch(), mean)
+        assert torch.equal(torchfile.to_torch(student.tensors[L.format(2) + f"self_attn.{part}_swiftkv.weight"]), mean)
     assert student.kv_sharing == {3: 2}
     assert student.arch.params["num_key_value_layers"] == 2 and student.arch.params["key_value_group_size"] == 2
     assert set(student.trainable) == set(expected)

@@ -1,15 +1,18 @@
-"""Torch pickles and tensors, for the plugins that meet them (torch is imported on use).
+"""Reading torch files: the scanner where it can, torch (imported on use) for the rest.
 
-The core does not depend on torch; plugins that read ``.pt`` / ``.bin`` files do, and
-share this one safe path instead of each writing its own:
+The core does not depend on torch; plugins that read ``.pt`` / ``.bin`` files share this
+one safe path instead of each writing its own:
 
+- ``load`` is what readers call: the allow-list scanner for plain checkpoints, without
+  torch; ``load_pickle`` for the rest.
 - ``load_pickle`` loads with ``weights_only=True`` (nothing in the file runs) and
   ``mmap=True`` (tensor data stays on disk until read). A pickle that needs other globals
-  is refused with UnsafeInput naming every one of them; a damaged file is CorruptInput.
+  is refused with UnsafeInput naming every one of them; a damaged file is CorruptInput, and
+  so is a zip archive or an unpickled structure out of bounds (``archive``, ``structure``).
 - ``from_torch`` wraps a torch tensor as a lazy ckpt-core Tensor (bytes read when a writer
   streams it); ``to_torch`` goes the other way, exactly, BF16 and FP8 included.
 - ``tree_from_torch`` does that for a whole loaded pickle (optimizer state, configs).
-  Writing goes the other way through ``ckpt_core.torch_save``, which streams Tensors.
+  Writing goes the other way through ``torchfile.writing``, which streams Tensors.
 """
 
 from __future__ import annotations
@@ -18,23 +21,18 @@ import pickle
 import re
 import sys
 import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import files
-from .errors import CorruptInput, NotFound, UnsafeInput, UsageError
-from .tensor import Tensor
-
-# safetensors dtype name -> torch dtype attribute name
-TORCH_DTYPES = {
-    "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "F16": "float16",
-    "BF16": "bfloat16", "U32": "uint32", "I32": "int32", "F32": "float32", "U64": "uint64", "I64": "int64",
-    "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64",
-}
+from .. import files
+from ..errors import CorruptInput, UnsafeInput, UsageError
+from ..tensor import Tensor
+from . import scanner, structure
+from .archive import ZIP_ERRORS, is_zip, members, stored_records
+from .names import TORCH_DTYPES, dtype_name
 
 
 def import_torch(what: str):
@@ -47,15 +45,6 @@ def import_torch(what: str):
         raise UsageError(f"{what} needs torch, which is not installed: pip install torch "
                          "(each torch-file plugin's [torch] extra installs it, e.g. 'ckpt-plugin-nanogpt[torch]')") from None
     return torch
-
-
-def dtype_name(torch_dtype) -> str:
-    """The safetensors name of a torch dtype; CorruptInput for one it has none for."""
-    short = str(torch_dtype).removeprefix("torch.")
-    for name, attr in TORCH_DTYPES.items():
-        if attr == short:
-            return name
-    raise CorruptInput(f"torch dtype {short} has no safetensors equivalent")
 
 
 def from_torch(t) -> Tensor:
@@ -78,57 +67,9 @@ def from_torch(t) -> Tensor:
     return Tensor.from_loader(dtype_name(t.dtype), tuple(t.shape), load)
 
 
-def is_zip(path: Path | str) -> bool:
-    """``zipfile.is_zipfile``, but False (not BadZipFile) for a damaged ZIP64 end record, and
-    for anything but a regular file (never opening a FIFO, which would block)."""
-    try:
-        with files.open_regular(path) as f:
-            return zipfile.is_zipfile(f)
-    except (zipfile.BadZipFile, CorruptInput, NotFound, OSError):
-        return False
-
-
-VERIFY_OPTION = {"verify": "true: check every record of the torch archive against its CRC-32 while reading (reads all data)"}
-
-
-def check_archive(path: Path | str) -> None:
-    """Read every record of a torch zip file and check it against the CRC-32 torch wrote.
-
-    Loading with ``mmap`` never reads the data, so a flipped bit inside a tensor would be
-    copied along unnoticed; this reads it all (formats offer it as ``--option verify=true``).
-    CorruptInput names the first damaged record.
-    """
-    try:
-        with files.open_regular(path) as f, zipfile.ZipFile(f) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:  # an unknown zip version
-        raise CorruptInput(f"{path}: not a readable torch zip archive ({e})") from None
-    if bad is not None:
-        raise CorruptInput(f"{path}: record {bad} does not match its CRC-32: the file is damaged")
-
-
 # The attribute ``load_pickle`` sets on each tensor it found in the file: (path, offset of
 # the tensor's storage in the file).
 FILE_ATTR = "_ckpt_core_file"
-
-
-def data_offset(f, info: zipfile.ZipInfo) -> int:
-    """Where the bytes of a stored member start in the open zip file ``f``: after its local
-    header, whose name and extra lengths may differ from the central directory's."""
-    f.seek(info.header_offset)
-    header = f.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise CorruptInput(f"{f.name}: bad zip local header for {info.filename}")
-    name_len, extra_len = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
-    return info.header_offset + 30 + name_len + extra_len
-
-
-def stored_records(path: Path | str) -> dict[int, zipfile.ZipInfo]:
-    """Data offset -> ZipInfo of each uncompressed storage record (``<archive>/data/<key>``)
-    of a torch zip file."""
-    with files.open_regular(path) as f, zipfile.ZipFile(f) as archive:
-        return {data_offset(f, info): info for info in archive.infolist()
-                if "/data/" in info.filename and info.compress_type == zipfile.ZIP_STORED}
 
 
 def _mark_file_ranges(loaded: Any, path: Path) -> None:
@@ -157,7 +98,7 @@ def _mark_file_ranges(loaded: Any, path: Path) -> None:
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     try:
         records = {offset: info.file_size for offset, info in stored_records(path).items()}
-    except (OSError, zipfile.BadZipFile, NotImplementedError, CorruptInput):
+    except (*ZIP_ERRORS, CorruptInput):
         return
     lowest = min(storages)
     for first in sorted(records):
@@ -170,28 +111,31 @@ def _mark_file_ranges(loaded: Any, path: Path) -> None:
         setattr(t, FILE_ATTR, (path, t.untyped_storage().data_ptr() - start))
 
 
-def tree_from_torch(value: Any, _made: dict[int, Tensor] | None = None) -> Any:
+def tree_from_torch(value: Any, _made: dict[int, Any] | None = None) -> Any:
     """A loaded pickle's data as a ckpt-core tree: torch tensors and numpy arrays become
     lazy Tensors, numpy scalars and ``torch.Size`` plain Python, OrderedDicts plain dicts.
     One torch tensor under several keys (a tie: torch.load gives the same object) becomes
-    one Tensor. (Torch is not imported for this: without it loaded, there is none to find.)"""
-    made = {} if _made is None else _made
+    one Tensor, and a container named several times is converted once and shared. (Torch
+    is not imported for this: without it loaded, there is none to find.)"""
+    made = {} if _made is None else _made  # id of a tensor or container -> its conversion
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
-        if id(value) not in made:
-            made[id(value)] = from_torch(value)
+    if id(value) in made:
         return made[id(value)]
-    if isinstance(value, np.ndarray):
+    if torch is not None and isinstance(value, torch.Tensor):
+        made[id(value)] = from_torch(value)
+    elif isinstance(value, np.ndarray):
         return Tensor.from_numpy(value)
-    if isinstance(value, np.generic):
+    elif isinstance(value, np.generic):
         return value.item()
-    if torch is not None and isinstance(value, torch.Size):
+    elif torch is not None and isinstance(value, torch.Size):
         return tuple(value)
-    if isinstance(value, dict):
-        return {k: tree_from_torch(v, made) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(tree_from_torch(v, made) for v in value)
-    return value
+    elif isinstance(value, dict):
+        made[id(value)] = {k: tree_from_torch(v, made) for k, v in value.items()}
+    elif isinstance(value, (list, tuple)):
+        made[id(value)] = type(value)(tree_from_torch(v, made) for v in value)
+    else:
+        return value
+    return made[id(value)]
 
 
 def to_torch(t: Tensor):
@@ -221,13 +165,11 @@ def unsafe_globals(path: Path) -> list[str]:
     """Globals a pickle names that ``weights_only`` loading does not allow (reads, never runs)."""
     from torch.serialization import get_unsafe_globals_in_checkpoint
 
-    from .torch_pickle import python3_name
-
     try:
         found = get_unsafe_globals_in_checkpoint(str(path))
     except Exception:
         return []
-    return sorted({".".join(python3_name(*name.rsplit(".", 1))) for name in found if "." in name})
+    return sorted({".".join(scanner.python3_name(*name.rsplit(".", 1))) for name in found if "." in name})
 
 
 def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[Any] = ()) -> Any:
@@ -237,29 +179,36 @@ def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[A
     ``torch.serialization.safe_globals`` takes: objects, or ``(object, "module.name")``
     pairs), for files that hold, say, numpy RNG states; a caller allows exactly the ones its
     format needs. Raises UnsafeInput naming the other globals when the pickle needs them,
-    CorruptInput when the file is damaged, NotFound when it is missing.
+    CorruptInput when the file is damaged (or unpickles to a structure out of bounds),
+    NotFound when it is missing.
     """
-    from . import torch_pickle
-
     path = files.check_regular(path)
     torch = import_torch(f"{path}: reading this pickle (a legacy non-zip file, or one naming more than tensors and "
                          "plain containers)")
-    use_mmap = mmap and is_zip(path)  # torch's legacy (non-zip) files cannot be mmap-ed
+    zipped = is_zip(path)
+    use_mmap = mmap and zipped  # torch's legacy (non-zip) files cannot be mmap-ed
+    if zipped:  # refused before torch trusts them: lying local headers, a huge or compressed record
+        pickle_bytes = sum(m.info.file_size for name, m in members(path).items() if name.endswith("data.pkl"))
+    else:
+        pickle_bytes = path.stat().st_size
     try:
         with torch.serialization.safe_globals(list(allowed_globals)), warnings.catch_warnings():
             # torch warns before it refuses a protocol-4 pickle: the refusal below says it in one line
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+        structure.check(loaded, path, structure.budget(pickle_bytes))
         if use_mmap:
             _mark_file_ranges(loaded, path)
         return loaded
+    except CorruptInput:
+        raise
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             allowed = {_global_name(g) for g in allowed_globals}
-            built = re.findall(r"but got <class '([\w.]+)'>", str(e))  # a type to build, which the scan misses
+            built = re.findall(r"but got <class '(\w+(?:\.\w+)+)'>", str(e))  # a type to build (not a builtin), which the scan misses
             named = re.findall(r"unsupported GLOBAL ([\w.]+)", str(e))  # what a legacy (non-zip) pickle needs
             names = [n for n in unsafe_globals(path) if n not in allowed] or built or named or \
-                [n for n in torch_pickle.named_globals(path) if n not in allowed and not torch_pickle.is_plain(n)]
+                [n for n in scanner.named_globals(path) if n not in allowed and not scanner.is_plain(n)]
             if not names:  # not a global it refused: the bytes are not a pickle torch wrote
                 raise CorruptInput(f"{path}: not a readable torch pickle ({_torch_reason(e)})") from e
             raise UnsafeInput(f"{path}: loading it would run code from the file (it needs {', '.join(names)}); refused") from e
@@ -267,3 +216,25 @@ def load_pickle(path: Path | str, mmap: bool = True, allowed_globals: Sequence[A
     except Exception as e:  # weights-only: nothing ran, so any other failure (TypeError, IndexError...) is damage
         first = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
         raise CorruptInput(f"{path}: not a readable torch checkpoint ({first})") from e
+
+
+def load(path: Path | str, allowed_globals: Sequence[Any] = ()) -> Any:
+    """A torch file's data as a ckpt-core tree, tensors lazy, nothing run.
+
+    Read by the scanner when the pickle names only tensors and plain containers (no torch
+    import); otherwise by ``load_pickle`` (weights only, ``allowed_globals`` more), which
+    refuses what needs code. A file the scanner finds damaged or out of bounds is refused
+    as it says, never handed to torch. Either way OrderedDicts come back as dicts and
+    tensors as ``Tensor``s; CorruptInput names the file.
+    """
+    path = Path(path)
+    if path.is_file() and is_zip(path):
+        found = scanner.scan(path)
+        if not found.records:
+            return scanner.lazy(path, found)
+    try:
+        return tree_from_torch(load_pickle(path, allowed_globals=allowed_globals))
+    except CorruptInput as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise CorruptInput(f"{path}: {e}") from None

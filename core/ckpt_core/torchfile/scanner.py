@@ -4,12 +4,13 @@
 become ``TensorStub`` records (dtype, shape, storage key: no data is read), and a class the
 file names that is not a plain container becomes an inert ``Record`` (its name and the
 arguments it was given), so a script-defined dataclass never runs. ``lazy`` turns a scan
-with no records into what ``torch.load`` would give, tensors as lazy file ranges, and
-``load`` is what readers call: the scanner for plain checkpoints (no torch import, which
-costs seconds and some 200 MB), ``torch_io.load_pickle`` for the rest. ``stub_tensor``
-reads one stub, for a file whose other parts ``weights_only`` refuses. Written by hand
-because no library reads torch's format without torch; it allows less than
-``weights_only`` does, never more.
+with no records into what ``torch.load`` would give, tensors as lazy file ranges
+(``torchfile.load`` uses it for plain checkpoints: no torch import, which costs seconds and
+some 200 MB). ``stub_tensor`` reads one stub, for a file whose other parts ``weights_only``
+refuses. Written by hand because no library reads torch's format without torch; it allows
+less than ``weights_only`` does, never more. What it reads is bounded: the archive is
+checked (``archive``), the unpickled structure too (``structure``), and a file naming more
+than ``MAX_TENSORS`` tensors is refused while it is read.
 """
 
 from __future__ import annotations
@@ -21,40 +22,35 @@ import io
 import math
 import pickle
 import pickletools
-import zipfile
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
 
-from . import dtypes, files
-from .errors import CorruptInput
-from .tensor import Tensor
-from .torch_io import TORCH_DTYPES, data_offset, is_zip, load_pickle, tree_from_torch
+from .. import dtypes, files
+from ..errors import CorruptInput
+from ..tensor import Tensor
+from . import structure
+from .archive import MAX_PICKLE_BYTES, ZIP_ERRORS, Member, is_zip, members, read_pickle
+from .names import LEGACY_STORAGES, TORCH_DTYPES
 
-MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds structure, not weights
+MAX_TENSORS = 1_000_000  # per file; real checkpoints hold thousands
 
-# torch's legacy storage class names -> safetensors dtype names
-_STORAGES = {
-    "BoolStorage": "BOOL", "ByteStorage": "U8", "CharStorage": "I8", "ShortStorage": "I16", "HalfStorage": "F16",
-    "BFloat16Storage": "BF16", "IntStorage": "I32", "FloatStorage": "F32", "LongStorage": "I64",
-    "DoubleStorage": "F64", "ComplexFloatStorage": "C64", "UntypedStorage": "U8",
-}
+# torch's storage class names -> safetensors dtype names
+_STORAGES = {cls: name for name, cls in LEGACY_STORAGES.items()} | {"UntypedStorage": "U8"}
 _TORCH_DTYPES = {attr: name for name, attr in TORCH_DTYPES.items()}
 
 
-@attrs.frozen
-class StorageStub:
+class StorageStub(NamedTuple):
     key: str
     dtype: str
     numel: int
 
 
-@attrs.frozen
-class TensorStub:
-    """A tensor named in a pickle: where its bytes are, never the bytes."""
+class TensorStub(NamedTuple):
+    """A tensor named in a pickle: where its bytes are, never the bytes (a tuple, so that a
+    file of many small tensors costs little; check for it before checking for tuples)."""
 
     storage: StorageStub
     offset: int
@@ -98,12 +94,27 @@ def _rebuild_tensor(storage, offset, shape, stride, *rest):
     dtype = storage.dtype
     if rest and isinstance(rest[-1], _DType):  # _rebuild_tensor_v3 names the dtype
         dtype = rest[-1].name
+    elif rest and isinstance(rest[-1], type) and issubclass(rest[-1], Record):  # a dtype global it does not know
+        raise CorruptInput(f"names a tensor of dtype {rest[-1].qualname}, which has no safetensors equivalent")
     return TensorStub(storage, offset, shape, stride, dtype)
 
 
 def _naturals(values) -> bool:
     """Whether every value is a non-negative int (what shapes, strides and offsets are)."""
-    return all(type(v) is int and v >= 0 for v in values)
+    for v in values:
+        if type(v) is not int or v < 0:
+            return False
+    return True
+
+
+def _contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether ``stride`` is the row-major stride of ``shape`` (same lengths)."""
+    expected = 1
+    for n, s in zip(reversed(shape), reversed(stride)):
+        if s != expected:
+            return False
+        expected *= n
+    return True
 
 
 @attrs.frozen
@@ -167,10 +178,13 @@ class _Unpickler(pickle.Unpickler):
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data))
         self.records: dict[str, type] = {}
+        self.tensors = 0
 
     def find_class(self, module, name):
         module, name = python3_name(module, name)
         plain = _plain_global(module, name)
+        if plain is _rebuild_tensor:
+            return self.rebuild_tensor
         if plain is not None:
             return plain
         qualname = f"{module}.{name}"
@@ -178,10 +192,19 @@ class _Unpickler(pickle.Unpickler):
             self.records[qualname] = type(name, (Record,), {"qualname": qualname})
         return self.records[qualname]
 
+    def rebuild_tensor(self, *args):
+        """``_rebuild_tensor``, counted: past ``MAX_TENSORS`` the file is refused."""
+        self.tensors += 1
+        if self.tensors > MAX_TENSORS:
+            raise CorruptInput(f"names more than {MAX_TENSORS:,} tensors, more than ckpt-core reads from one file")
+        return _rebuild_tensor(*args)
+
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
         _, dtype, key, _location, numel = pid
+        if isinstance(dtype, type) and issubclass(dtype, Record):  # a storage class it does not know
+            raise CorruptInput(f"names a storage of {dtype.qualname}, which has no safetensors equivalent")
         if dtype not in dtypes.DTYPES:
             raise pickle.UnpicklingError(f"unknown storage type {dtype!r}")
         return StorageStub(str(key), dtype, int(numel))
@@ -190,38 +213,28 @@ class _Unpickler(pickle.Unpickler):
 @attrs.frozen
 class Scan:
     """A torch zip pickle's structure: the unpickled object (stubs for tensors), the names
-    of classes it needed that were left inert, and the archive's folder name."""
+    of classes it needed that were left inert, the archive's folder name and its records."""
 
     obj: Any
     records: tuple[str, ...]
     archive: str
-
-
-def pickle_member(zf: zipfile.ZipFile) -> str:
-    """The ``<archive>/data.pkl`` member name; CorruptInput if there is none."""
-    names = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1] or \
-            [n for n in zf.namelist() if n == "data.pkl"]
-    if len(names) != 1:
-        raise CorruptInput(f"{zf.filename}: not a torch zip pickle (no single data.pkl)")
-    return names[0]
+    members: dict[str, Member]
 
 
 def scan(path: Path) -> Scan:
-    """Unpickle ``path``'s ``data.pkl`` inertly. CorruptInput if it is not a readable torch zip."""
-    try:
-        with files.open_regular(path) as f, zipfile.ZipFile(f) as zf:
-            member = pickle_member(zf)
-            if zf.getinfo(member).file_size > MAX_PICKLE_BYTES:
-                raise CorruptInput(f"{path}: data.pkl is {zf.getinfo(member).file_size} bytes, too large to be a checkpoint's structure")
-            data = zf.read(member)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:  # an unknown zip version
-        raise CorruptInput(f"{path}: not a readable torch zip pickle ({e})") from None
+    """Unpickle ``path``'s ``data.pkl`` inertly. CorruptInput if it is not a readable torch
+    zip, or what it unpickles to is out of bounds (``structure``, ``MAX_TENSORS``)."""
+    records = members(path)
+    member, data = read_pickle(path, records)
     unpickler = _Unpickler(data)
     try:
         obj = unpickler.load()
+    except CorruptInput as e:
+        raise CorruptInput(f"{path}: data.pkl {e}") from None
     except Exception as e:  # any malformed pickle: the file is damaged, nothing ran
         raise CorruptInput(f"{path}: damaged pickle in data.pkl ({type(e).__name__}: {e})") from None
-    return Scan(obj, tuple(sorted(unpickler.records)), member.rsplit("/", 1)[0])
+    structure.check(obj, path, structure.budget(len(data)), leaves=(TensorStub, StorageStub), inert=Record)
+    return Scan(obj, tuple(sorted(unpickler.records)), member.rsplit("/", 1)[0], records)
 
 
 def named_globals(path: Path) -> list[str]:
@@ -231,12 +244,11 @@ def named_globals(path: Path) -> list[str]:
     protocol, system info and data; a bare pickle). Damage ends the listing, not the call."""
     try:
         if is_zip(path):
-            with files.open_regular(path) as f, zipfile.ZipFile(f) as zf:
-                data = zf.read(pickle_member(zf))
+            data = read_pickle(path, members(path))[1]
         else:
             with files.open_regular(path) as f:
                 data = f.read(MAX_PICKLE_BYTES)
-    except (CorruptInput, zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+    except (CorruptInput, *ZIP_ERRORS):
         return []
     names: dict[str, None] = {}
     stream = io.BytesIO(data)
@@ -265,71 +277,47 @@ def named_globals(path: Path) -> list[str]:
     return list(names)
 
 
-def load(path: Path | str, allowed_globals: Sequence[Any] = ()) -> Any:
-    """A torch file's data as a ckpt-core tree, tensors lazy, nothing run.
-
-    Read by the scanner when the pickle names only tensors and plain containers (no torch
-    import); otherwise by ``torch_io.load_pickle`` (weights only, ``allowed_globals``
-    more), which refuses what needs code. Either way OrderedDicts come back as dicts and
-    tensors as ``Tensor``s.
-    """
-    path = Path(path)
-    if path.is_file() and is_zip(path):
-        try:
-            found = scan(path)
-        except CorruptInput:
-            found = None  # torch.load says what is wrong
-        if found is not None and not found.records:
-            return lazy(path, found)
-    return tree_from_torch(load_pickle(path, allowed_globals=allowed_globals))
-
-
 def lazy(path: Path, scan: Scan) -> Any:
     """``scan.obj`` with every tensor stub a lazy Tensor over the archive's bytes: what
     ``torch.load`` would give, without torch. Stubs over the same bytes share one Tensor
-    (a tie, as torch shares the storage); OrderedDicts become plain dicts."""
-    with files.open_regular(path) as f, zipfile.ZipFile(f) as zf:
-        infos = {info.filename: info for info in zf.infolist()}
+    (a tie, as torch shares the storage); OrderedDicts become plain dicts. A container the
+    pickle names several times is converted once and shared, as unpickling shares it."""
     made: dict[TensorStub, Tensor] = {}
+    converted: dict[int, Any] = {}  # id of a container -> its conversion
 
     def convert(value):
         if isinstance(value, TensorStub):
             if value not in made:
-                made[value] = stub_tensor(path, scan.archive, value, infos)
+                made[value] = stub_tensor(path, scan.archive, value, scan.members)
             return made[value]
-        if isinstance(value, dict):
-            return {k: convert(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [convert(v) for v in value]
-        if isinstance(value, tuple):
-            return tuple(convert(v) for v in value)
-        return value
+        if not isinstance(value, (dict, list, tuple)):
+            return value
+        if id(value) not in converted:
+            if isinstance(value, dict):
+                converted[id(value)] = {k: convert(v) for k, v in value.items()}
+            else:
+                converted[id(value)] = (list if isinstance(value, list) else tuple)(convert(v) for v in value)
+        return converted[id(value)]
 
     return convert(scan.obj)
 
 
-def stub_tensor(path: Path, archive: str, stub: TensorStub, infos: dict[str, zipfile.ZipInfo] | None = None) -> Tensor:
+def stub_tensor(path: Path, archive: str, stub: TensorStub, records: dict[str, Member] | None = None) -> Tensor:
     """A lazy Tensor over the bytes of ``stub`` in the (uncompressed) zip at ``path``
-    (``infos``: the archive's members by name, when the caller has them)."""
+    (``records``: the archive's ``members``, ``Scan.members``, when the caller has them)."""
     item = dtypes.get(stub.dtype).itemsize
-    if infos is None:
-        with files.open_regular(path) as f, zipfile.ZipFile(f) as zf:
-            infos = {info.filename: info for info in zf.infolist()}
-    info = infos.get(f"{archive}/data/{stub.storage.key}")
-    if info is None:
+    if records is None:
+        records = members(path)
+    record = records.get(f"{archive}/data/{stub.storage.key}")
+    if record is None:
         raise CorruptInput(f"{path}: storage {stub.storage.key} is missing from the archive")
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise CorruptInput(f"{path}: storage {stub.storage.key} is compressed; torch never writes that")
-    with files.open_regular(path) as f:
-        start = data_offset(f, info)
-    size = info.file_size
+    start, size = record.start, record.info.file_size
     if math.prod(stub.shape) == 0:
         return Tensor.from_bytes(b"", stub.dtype, stub.shape)
     last = stub.offset + sum((n - 1) * s for n, s in zip(stub.shape, stub.stride)) + 1
     if stub.offset < 0 or last * item > size:
         raise CorruptInput(f"{path}: a tensor reaches past the end of storage {stub.storage.key}")
-    contiguous = tuple(math.prod(stub.shape[i + 1:]) for i in range(len(stub.shape)))
-    if tuple(stub.stride) == contiguous:
+    if _contiguous(stub.shape, stub.stride):
         return Tensor.from_file(path, start + stub.offset * item, stub.dtype, stub.shape)
     whole = Tensor.from_file(path, start, stub.dtype, (size // item,))
 

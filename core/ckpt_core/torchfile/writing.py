@@ -2,7 +2,7 @@
 
 ``torch.save`` needs torch (seconds to import, some 200 MB) and every tensor in memory.
 This writes the same file from lazy ckpt-core Tensors, and it loads with
-``torch.load(weights_only=True, mmap=True)`` and with ``torch_pickle.load``:
+``torch.load(weights_only=True, mmap=True)`` and with ``torchfile.load``:
 
 - ``data.pkl`` is the pickle torch writes, opcode for opcode (empty bytes aside, see
   ``_pickle``): protocol 2, each tensor a ``torch._utils._rebuild_tensor_v2`` call over a
@@ -46,23 +46,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import progress
-from .errors import CorruptInput
-from .safetensors_io import copy_range, write_all
-from .tensor import FileRange, Tensor
-from .torch_io import TORCH_DTYPES, is_zip, stored_records
+from .. import progress
+from ..errors import CorruptInput
+from ..safetensors_io import copy_range, write_all
+from ..tensor import FileRange, Tensor
+from .archive import ZIP_ERRORS, is_zip, stored_records
+from .names import LEGACY_STORAGES, TORCH_DTYPES
 
 PROTOCOL = 2  # torch.save's default
 ALIGNMENT = 64  # torch aligns every record's data to this (its ``.storage_alignment``)
 CHUNK_SIZE = 32 * 1024 * 1024  # bytes per copy step and per read when computing a CRC-32
 
-# The dtypes torch pickles with a legacy typed storage class (and ``_rebuild_tensor_v2``);
-# the others get ``UntypedStorage`` and ``_rebuild_tensor_v3``, which names the dtype.
-LEGACY_STORAGES = {
-    "BOOL": "BoolStorage", "U8": "ByteStorage", "I8": "CharStorage", "I16": "ShortStorage", "F16": "HalfStorage",
-    "BF16": "BFloat16Storage", "I32": "IntStorage", "F32": "FloatStorage", "I64": "LongStorage",
-    "F64": "DoubleStorage", "C64": "ComplexFloatStorage",
-}
 
 
 # -- the pickle ------------------------------------------------------------------------------
@@ -285,7 +279,7 @@ def _stored_crcs(path: Path) -> dict[tuple[int, int], int]:
         if not is_zip(path):
             return {}
         return {(offset, info.file_size): info.CRC for offset, info in stored_records(path).items()}
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, CorruptInput):
+    except (*ZIP_ERRORS, CorruptInput):
         return {}
 
 

@@ -1,0 +1,171 @@
+"""The zip archive a torch file is: its records, each checked against the central directory,
+and ``data.pkl`` read within bounds.
+
+``zipfile`` trusts a record's local header for where the data starts and inflates up to
+2 GiB in one call; a damaged or hostile archive could then give wrong bytes silently (a
+shifted extra field) or fill memory from a few KB (a lying size). Here every local header
+must agree with the central directory (name, method, sizes and CRC-32 where it states
+them, a well-formed extra field, data ending before the next record and its data
+descriptor right after it), which costs a header read, never a data read. (A damaged
+header that still describes a valid layout is found only by the CRC-32: ``check_archive``.)
+``data.pkl`` must declare at most ``MAX_PICKLE_BYTES`` and is inflated in small pieces,
+never past what it declares.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+from .. import files
+from ..errors import CorruptInput, NotFound
+
+MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds structure, not weights
+_READ_CHUNK = 1024 * 1024  # inflate this much at a time
+_LOCAL = struct.Struct("<4sHHHHHIIIHH")  # local file header (30 bytes)
+_DESCRIBED = 0x0008  # sizes and CRC-32 follow the data (in a data descriptor)
+_ZIP64_MARK = 0xFFFFFFFF  # a 4-byte size whose value is in the zip64 extra field
+
+# What a damaged zip raises from ``zipfile`` (an unknown zip version: NotImplementedError)
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError)
+
+
+class Member(NamedTuple):
+    """A record of the archive and where its data starts in the file."""
+
+    info: zipfile.ZipInfo
+    start: int
+
+
+def is_zip(path: Path | str) -> bool:
+    """``zipfile.is_zipfile``, but False (not BadZipFile) for a damaged ZIP64 end record, and
+    for anything but a regular file (never opening a FIFO, which would block)."""
+    try:
+        with files.open_regular(path) as f:
+            return zipfile.is_zipfile(f)
+    except (zipfile.BadZipFile, CorruptInput, NotFound, OSError):
+        return False
+
+
+VERIFY_OPTION = {"verify": "true: check every record of the torch archive against its CRC-32 while reading (reads all data)"}
+
+
+def check_archive(path: Path | str) -> None:
+    """Read every record of a torch zip file and check it against the CRC-32 torch wrote.
+
+    Loading with ``mmap`` never reads the data, so a flipped bit inside a tensor would be
+    copied along unnoticed; this reads it all (formats offer it as ``--option verify=true``).
+    CorruptInput names the first damaged record.
+    """
+    members(path)
+    try:
+        with files.open_regular(path) as f, zipfile.ZipFile(f) as archive:
+            bad = archive.testzip()
+    except ZIP_ERRORS as e:
+        raise CorruptInput(f"{path}: not a readable torch zip archive ({e})") from None
+    if bad is not None:
+        raise CorruptInput(f"{path}: record {bad} does not match its CRC-32: the file is damaged")
+
+
+def data_offset(f, info: zipfile.ZipInfo, end: int | None = None) -> int:
+    """Where the data of record ``info`` starts in the open zip file ``f``: after its local
+    header, whose name and extra lengths may differ from the central directory's. The
+    header must agree with the central directory, and the data must end by ``end`` (the
+    next record); CorruptInput otherwise. Reads headers and a data descriptor, not data."""
+    f.seek(info.header_offset)
+    header = f.read(_LOCAL.size)
+    if len(header) != _LOCAL.size or header[:4] != b"PK\x03\x04":
+        raise CorruptInput(f"{f.name}: bad zip local header for {info.filename}")
+    _, _, flags, method, _, _, crc, packed, size, name_len, extra_len = _LOCAL.unpack(header)
+    name, extra = f.read(name_len), f.read(extra_len)
+    start = info.header_offset + _LOCAL.size + name_len + extra_len
+    problem = _disagreement(f, info, flags, method, (crc, packed, size), name, extra, start, end)
+    if problem:
+        raise CorruptInput(f"{f.name}: the local header of {info.filename} disagrees with the zip directory ({problem}): "
+                           "the file is damaged")
+    return start
+
+
+def _disagreement(f, info, flags, method, stated, name, extra, start, end) -> str:
+    """What of a local header contradicts the central directory entry ``info`` ('' if nothing)."""
+    if name.decode("utf-8" if flags & 0x800 else "cp437", "replace") != info.orig_filename:
+        return f"it names {name[:80]!r}"
+    if method != info.compress_type:
+        return f"compression method {method}, not {info.compress_type}"
+    if not flags & _DESCRIBED:
+        for what, local, central in zip(("CRC-32", "compressed size", "size"), stated,
+                                         (info.CRC, info.compress_size, info.file_size)):
+            if local != central and not (what != "CRC-32" and local == _ZIP64_MARK):
+                return f"{what} {local}, not {central}"
+    at = 0
+    while at + 4 <= len(extra):
+        at += 4 + int.from_bytes(extra[at + 2:at + 4], "little")
+    if at != len(extra):
+        return "a malformed extra field"
+    if end is not None and start + info.compress_size > end:
+        return "its data runs into the next record"
+    if flags & _DESCRIBED and info.compress_size:
+        f.seek(start + info.compress_size)
+        descriptor = f.read(24)
+        if descriptor[:4] == b"PK\x07\x08":  # the signature is optional
+            descriptor = descriptor[4:]
+        sizes = (info.compress_size, info.file_size)
+        narrow = len(descriptor) >= 12 and struct.unpack_from("<II", descriptor, 4) == sizes
+        wide = len(descriptor) >= 20 and struct.unpack_from("<QQ", descriptor, 4) == sizes  # zip64
+        if descriptor[:4] != info.CRC.to_bytes(4, "little") or not (narrow or wide):
+            return "its data descriptor is not where its sizes say"
+    return ""
+
+
+def members(path: Path | str) -> dict[str, Member]:
+    """Every record of the torch zip file at ``path`` by name, each local header checked.
+    CorruptInput for a damaged archive, a ``data.pkl`` declaring more than
+    ``MAX_PICKLE_BYTES`` and a compressed storage record (torch never writes one)."""
+    try:
+        with files.open_regular(path) as f, zipfile.ZipFile(f) as archive:
+            infos = sorted(archive.infolist(), key=lambda i: i.header_offset)
+            ends = [i.header_offset for i in infos[1:]] + [archive.start_dir]
+            found = {info.filename: Member(info, data_offset(f, info, end)) for info, end in zip(infos, ends)}
+    except ZIP_ERRORS as e:
+        raise CorruptInput(f"{path}: not a readable torch zip archive ({e})") from None
+    for name, (info, _) in found.items():
+        if name.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES:
+            raise CorruptInput(f"{path}: {name} declares {info.file_size} bytes, too large to be a checkpoint's structure "
+                               f"(at most {MAX_PICKLE_BYTES})")
+        if "/data/" in name and info.compress_type != zipfile.ZIP_STORED:
+            raise CorruptInput(f"{path}: storage record {name} is compressed; torch never writes that")
+    return found
+
+
+def stored_records(path: Path | str) -> dict[int, zipfile.ZipInfo]:
+    """Data offset -> ZipInfo of each storage record (``<archive>/data/<key>``) of a torch
+    zip file."""
+    return {start: info for name, (info, start) in members(path).items() if "/data/" in name}
+
+
+def pickle_member(names: list[str], path: Path | str) -> str:
+    """The ``<archive>/data.pkl`` record among ``names``; CorruptInput if there is none."""
+    found = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1] or [n for n in names if n == "data.pkl"]
+    if len(found) != 1:
+        raise CorruptInput(f"{path}: not a torch zip pickle (no single data.pkl)")
+    return found[0]
+
+
+def read_pickle(path: Path | str, records: dict[str, Member]) -> tuple[str, bytes]:
+    """The name and bytes of the archive's ``data.pkl`` (``records``: ``members(path)``),
+    inflated a piece at a time and never past the size it declares."""
+    name = pickle_member(list(records), path)
+    info = records[name].info
+    pieces, total = [], 0
+    try:
+        with files.open_regular(path) as raw, zipfile.ZipFile(raw) as archive, archive.open(info) as f:
+            while piece := f.read(_READ_CHUNK):
+                total += len(piece)
+                pieces.append(piece)
+    except ZIP_ERRORS as e:
+        raise CorruptInput(f"{path}: not a readable torch zip pickle ({e})") from None
+    if total != info.file_size:
+        raise CorruptInput(f"{path}: {name} holds {total} bytes, its record says {info.file_size}")
+    return name, b"".join(pieces)
