@@ -21,12 +21,13 @@ import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .errors import CorruptInput, NotFound, UnsafeInput
 from .tensor import Tensor
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # safetensors dtype name -> torch dtype attribute name
 TORCH_DTYPES = {
@@ -160,6 +161,8 @@ def tree_from_torch(value: Any, _made: dict[int, Tensor] | None = None) -> Any:
     lazy Tensors, numpy scalars and ``torch.Size`` plain Python, OrderedDicts plain dicts.
     One torch tensor under several keys (a tie: torch.load gives the same object) becomes
     one Tensor. (Torch is not imported for this: without it loaded, there is none to find.)"""
+    import numpy as np
+
     made = {} if _made is None else _made
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
@@ -181,6 +184,7 @@ def tree_from_torch(value: Any, _made: dict[int, Tensor] | None = None) -> Any:
 
 def to_torch(t: Tensor):
     """A torch tensor with the same dtype, shape and bytes as ``t`` (reads its data)."""
+    import numpy as np
     import torch
 
     dtype = getattr(torch, TORCH_DTYPES[t.dtype])

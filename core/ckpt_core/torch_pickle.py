@@ -24,15 +24,17 @@ import pickletools
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import numpy as np
 
 from . import dtypes
 from .errors import CorruptInput
 from .tensor import Tensor
 from .torch_io import TORCH_DTYPES, data_offset, is_zip, load_pickle, tree_from_torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds structure, not weights
 
@@ -334,6 +336,8 @@ def stub_tensor(path: Path, archive: str, stub: TensorStub, infos: dict[str, zip
     whole = Tensor.from_file(path, start, stub.dtype, (size // item,))
 
     def load() -> np.ndarray:
+        import numpy as np
+
         words = whole.raw()
         view = np.lib.stride_tricks.as_strided(words[stub.offset:], stub.shape, [s * item for s in stub.stride])
         return np.ascontiguousarray(view)

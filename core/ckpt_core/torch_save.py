@@ -44,8 +44,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
 from . import progress
 from .errors import CorruptInput
 from .safetensors_io import copy_range, write_all
@@ -331,7 +329,7 @@ def save(obj: Any, path: Path) -> None:
         def write_computed(t: Tensor) -> Future:
             """Make ``t``'s bytes and write them; the worker computing their CRC-32 holds
             the only reference to them once this returns."""
-            flat = memoryview(t.raw().reshape(-1).view(np.uint8))
+            flat = memoryview(t.raw().reshape(-1).view("u1"))
             for start in range(0, len(flat), CHUNK_SIZE):
                 piece = flat[start:start + CHUNK_SIZE]
                 write_all(out, piece)
