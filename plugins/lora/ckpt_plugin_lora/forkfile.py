@@ -27,7 +27,7 @@ from typing import Any
 from ckpt_core import (Adapter, Arch, Checkpoint, CkptWarning, CorruptInput, Layout, LossyConversion, OptimizerState, Tensor,
                        TrainState, UsageError, dtypes)
 from ckpt_core.gpt import adamw_param_order
-from ckpt_core import torch_pickle, torch_save
+from ckpt_core import torch_pickle
 
 from . import keys, optimizer, trees
 
@@ -326,6 +326,8 @@ def write(ck: Checkpoint, path: Path) -> None:
     out.update((k, v) for k, v in top.items() if k not in out)
     if ext:
         out[EXT] = trees.pack(ext)
+    from ckpt_core import torch_save  # the writer loads only to write: start-up stays short
+
     torch_save.save(out, path)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_core import Adapter, Checkpoint, CorruptInput, Layout, LossyConversion, NotFound, Tensor, UsageError
-from ckpt_core import jsonfile, safetensors_io, torch_pickle, torch_save
+from ckpt_core import jsonfile, safetensors_io, torch_pickle
 
 from . import hfgpt2, keys
 
@@ -196,6 +196,8 @@ def write(ck: Checkpoint, path: Path, base: Any = None) -> None:
     if extra:
         metadata[META_KEY] = json.dumps({"adapters": extra}, separators=(",", ":"))
     if facts.get("weights") == "adapter_model.bin" and not extra:
+        from ckpt_core import torch_save  # the writer loads only to write: start-up stays short
+
         torch_save.save(tensors, path / "adapter_model.bin")
     else:
         safetensors_io.write_file(path / "adapter_model.safetensors", tensors, metadata)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import CorruptInput, LossyConversion, OptimizerState, TrainState, jsonfile, torch_pickle, torch_save
+from ckpt_core import CorruptInput, LossyConversion, OptimizerState, TrainState, jsonfile, torch_pickle
 
 from . import layout
 
@@ -50,6 +50,8 @@ def write_optimizer(path: Path, opt: OptimizerState, step: int) -> None:
     state = {positions[n]: s for n, s in opt.param_state.items()}
     groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [positions[p] for p in g.get("params", [])]}
               for g in opt.groups]
+    from ckpt_core import torch_save  # the writer loads only to write: start-up stays short
+
     torch_save.save({"optimizer": {"state": state, "param_groups": groups}, "step": step, **opt.extra}, path)
 
 
