@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ckpt_core import Arch, Checkpoint, CorruptInput, LossyConversion, Tensor, graph, plugins
+from ckpt_core import Arch, Checkpoint, CorruptInput, LossyConversion, Tensor, graph
+from ckpt_core.gpt import GPT
 from ckpt_core.model import Layout
 
 
@@ -43,18 +44,14 @@ def test_tensors_in_hyper_parameters_and_bad_json_are_refused():
             graph.from_json(text, "f.safetensors: metadata 'x'")
 
 
-def test_recognised_arch_finds_the_installed_family(monkeypatch):
-    monkeypatch.setenv(plugins.ENV_VAR, "")
-    plugins.reset()
-    try:
-        d, v, t = 8, 16, 4
-        shapes = {"transformer.wte.weight": (v, d), "transformer.wpe.weight": (t, d), "transformer.h.0.ln_1.weight": (d,),
-                  "transformer.h.0.attn.c_attn.weight": (3 * d, d), "transformer.h.0.attn.c_proj.weight": (d, d),
-                  "transformer.h.0.ln_2.weight": (d,), "transformer.h.0.mlp.c_fc.weight": (4 * d, d),
-                  "transformer.h.0.mlp.c_proj.weight": (d, 4 * d), "transformer.ln_f.weight": (d,), "lm_head.weight": (v, d)}
-        tensors = {n: Tensor.from_bytes(bytes(4 * int(np.prod(s))), "F32", s) for n, s in shapes.items()}
-        arch = graph.recognised_arch(tensors)
-        assert arch.family == "gpt" and arch.params["d_model"] == d and arch.params["vocab_size"] == v
-        assert graph.recognised_arch({"x": tensors["lm_head.weight"]}) == Arch()
-    finally:
-        plugins.reset()
+def test_recognised_arch_finds_the_family_the_names_fit():
+    d, v, t = 8, 16, 4
+    shapes = {"transformer.wte.weight": (v, d), "transformer.wpe.weight": (t, d), "transformer.h.0.ln_1.weight": (d,),
+              "transformer.h.0.attn.c_attn.weight": (3 * d, d), "transformer.h.0.attn.c_proj.weight": (d, d),
+              "transformer.h.0.ln_2.weight": (d,), "transformer.h.0.mlp.c_fc.weight": (4 * d, d),
+              "transformer.h.0.mlp.c_proj.weight": (d, 4 * d), "transformer.ln_f.weight": (d,), "lm_head.weight": (v, d)}
+    tensors = {n: Tensor.from_bytes(bytes(4 * int(np.prod(s))), "F32", s) for n, s in shapes.items()}
+    arch = graph.recognised_arch(tensors, {"gpt": GPT})
+    assert arch.family == "gpt" and arch.params["d_model"] == d and arch.params["vocab_size"] == v
+    assert graph.recognised_arch({"x": tensors["lm_head.weight"]}, {"gpt": GPT}) == Arch()
+    assert graph.recognised_arch(tensors, {}) == Arch()  # only the families given count

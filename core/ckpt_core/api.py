@@ -97,7 +97,7 @@ def load(path: Path | str, format: str | None = None, options: Mapping[str, Any]
     name = resolve_format(path, format)
     reg = registry()
     opts = check_options(reg.spec(name), options)
-    ck = _call(reg.hook.to_canonical, name, path=path, options=opts)
+    ck = _call(reg.hook.to_canonical, name, path=path, options=opts, families=reg.families)
     if ck is None:
         raise PluginError(f"no plugin read format {name!r} (its plugin does not implement to_canonical)")
     ck.validate()

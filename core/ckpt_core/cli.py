@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.metadata
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from . import api, losses
 from .dtypes import ALL_DTYPES, STANDARD_DTYPES
 from .errors import CkptError, CkptWarning, UnknownFormat
 from .model import Checkpoint, FormatSpec, RunEntry, TrainState
-from .plugins import registry
+from .plugins import core_version, registry
 from .tensor import Tensor
 
 PROG = "ckpt-core"
@@ -230,7 +229,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=raw)
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {core_version()}")
     _add_global_flags(parser, default=False)
     common = _Parser(add_help=False)
     _add_global_flags(common, default=argparse.SUPPRESS)  # given after the command: overrides, never resets
@@ -295,13 +294,6 @@ def _add_global_flags(parser: argparse.ArgumentParser, default) -> None:
     parser.add_argument("--json", action="store_true", default=default, help="print the facts as one JSON document on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress bar and no success messages")
     parser.add_argument("--debug", action="store_true", default=default, help="show the Python traceback of an error")
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("ckpt-core")
-    except importlib.metadata.PackageNotFoundError:
-        return "dev"
 
 
 def parse_value(text: str) -> Any:

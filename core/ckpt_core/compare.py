@@ -9,10 +9,10 @@ everything must match, ties and train state included.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
-import numpy as np
 
 from . import dtypes
 from .model import Checkpoint
@@ -62,6 +62,8 @@ def compare_tensor(name: str, a: Tensor, b: Tensor, atol: float = 0.0, rtol: flo
         if a.dtype != b.dtype:
             return TensorDiff(name, "dtype", f"{a.dtype} vs {b.dtype}")
         return TensorDiff(name, "same") if same_bytes(a, b) else TensorDiff(name, "different", "bytes differ")
+    import numpy as np
+
     x, y = a.to_float32(), b.to_float32()
     both_nan = np.isnan(x) & np.isnan(y)
     gap = np.where(both_nan, 0, np.abs(x - y))
@@ -133,6 +135,6 @@ def tree_differences(x: Any, y: Any, path: str) -> list[str]:
         if len(x) != len(y):
             return [f"{path}: length {len(x)} vs {len(y)}"]
         return [d for i, (p, q) in enumerate(zip(x, y)) for d in tree_differences(p, q, f"{path}[{i}]")]
-    if isinstance(x, float) and np.isnan(x) and np.isnan(y):
+    if isinstance(x, float) and math.isnan(x) and math.isnan(y):
         return []
     return [] if x == y else [f"{path}: {x!r} vs {y!r}"]

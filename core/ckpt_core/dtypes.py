@@ -3,44 +3,61 @@
 Every dtype is moved as raw words of its width (``raw``: an unsigned numpy dtype), so
 layout changes never pass bf16 or fp8 through a float conversion. ``numpy`` is the real
 numpy dtype where numpy has one (it has none for BF16 and the FP8 kinds).
+
+The table names numpy dtypes by their string codes, and numpy is imported only when a
+dtype or an array is asked for: listing, detecting and inspecting never load numpy.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
 import attrs
-import numpy as np
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @attrs.frozen
 class DType:
     name: str
     itemsize: int
-    numpy: np.dtype | None
+    code: str | None  # numpy's dtype string ("<f4"); None where numpy has no such dtype
     is_float: bool
+
+    @property
+    def numpy(self) -> np.dtype | None:
+        """The real numpy dtype, or None (BF16 and the FP8 kinds)."""
+        import numpy as np
+
+        return None if self.code is None else np.dtype(self.code)
 
     @property
     def raw(self) -> np.dtype:
         """Unsigned integer dtype of the same width: the dtype bytes are moved as."""
+        import numpy as np
+
         return np.dtype(f"<u{self.itemsize}")
 
 
 _TABLE = [
-    DType("BOOL", 1, np.dtype(np.bool_), False),
-    DType("U8", 1, np.dtype("<u1"), False),
-    DType("I8", 1, np.dtype("<i1"), False),
-    DType("U16", 2, np.dtype("<u2"), False),
-    DType("I16", 2, np.dtype("<i2"), False),
-    DType("F16", 2, np.dtype("<f2"), True),
+    DType("BOOL", 1, "|b1", False),
+    DType("U8", 1, "<u1", False),
+    DType("I8", 1, "<i1", False),
+    DType("U16", 2, "<u2", False),
+    DType("I16", 2, "<i2", False),
+    DType("F16", 2, "<f2", True),
     DType("BF16", 2, None, True),
-    DType("U32", 4, np.dtype("<u4"), False),
-    DType("I32", 4, np.dtype("<i4"), False),
-    DType("F32", 4, np.dtype("<f4"), True),
-    DType("U64", 8, np.dtype("<u8"), False),
-    DType("I64", 8, np.dtype("<i8"), False),
-    DType("F64", 8, np.dtype("<f8"), True),
+    DType("U32", 4, "<u4", False),
+    DType("I32", 4, "<i4", False),
+    DType("F32", 4, "<f4", True),
+    DType("U64", 8, "<u8", False),
+    DType("I64", 8, "<i8", False),
+    DType("F64", 8, "<f8", True),
     DType("F8_E4M3", 1, None, True),
     DType("F8_E5M2", 1, None, True),
-    DType("C64", 8, np.dtype("<c8"), False),  # complex64: two F32 words (MLX holds it)
+    DType("C64", 8, "<c8", False),  # complex64: two F32 words (MLX holds it)
 ]
 
 DTYPES: dict[str, DType] = {d.name: d for d in _TABLE}
@@ -50,8 +67,6 @@ ALL_DTYPES: frozenset[str] = frozenset(DTYPES)
 # libraries have no complex weights.
 STANDARD_DTYPES: frozenset[str] = ALL_DTYPES - {"C64"}
 
-_FROM_NUMPY = {d.numpy: d.name for d in _TABLE if d.numpy is not None}
-
 
 def get(name: str) -> DType:
     """The DType called ``name``; KeyError for a name safetensors does not know."""
@@ -60,10 +75,17 @@ def get(name: str) -> DType:
 
 def from_numpy(dtype: np.dtype) -> str:
     """The safetensors name of a numpy dtype (native byte order is normalised to little)."""
+    import numpy as np
+
     try:
-        return _FROM_NUMPY[np.dtype(dtype)]
+        return _from_numpy()[np.dtype(dtype)]
     except KeyError:
         raise ValueError(f"numpy dtype {dtype} has no safetensors equivalent") from None
+
+
+@functools.cache
+def _from_numpy() -> dict[np.dtype, str]:
+    return {d.numpy: d.name for d in _TABLE if d.code is not None}
 
 
 def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
@@ -73,6 +95,8 @@ def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
     arithmetic steps (merging adapters, tolerance diffs), never by layout changes. Values
     out of float32's range become infinities, as IEEE (and torch) round them: no warning.
     """
+    import numpy as np
+
     d = get(dtype)
     if dtype == "BF16":
         return (raw.astype(np.uint32) << 16).view(np.float32)
@@ -85,6 +109,8 @@ def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
 def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
     """float32 values rounded (to nearest even) into raw words of ``dtype`` (out of its
     range: infinities, as IEEE and torch round them, without numpy's warning)."""
+    import numpy as np
+
     d = get(dtype)
     values = np.ascontiguousarray(values, dtype=np.float32)
     if dtype == "BF16":
@@ -102,6 +128,8 @@ def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
 
 def _fp8_table(dtype: str) -> np.ndarray:
     """Decoded float32 value of each of the 256 FP8 codes (OCP E4M3FN / E5M2)."""
+    import numpy as np
+
     exp_bits, man_bits = (4, 3) if dtype == "F8_E4M3" else (5, 2)
     bias = (1 << (exp_bits - 1)) - 1
     codes = np.arange(256, dtype=np.uint32)

@@ -18,6 +18,7 @@ import attrs
 from . import tree
 from .errors import CorruptInput, LossyConversion
 from .model import Arch, Checkpoint, Layout
+from .schema import FamilySchema, recognise
 from .tensor import Tensor
 
 
@@ -104,12 +105,10 @@ def from_json(text: str, where: str) -> Graph:
         raise CorruptInput(f"{where} is malformed ({type(e).__name__}: {e})") from None
 
 
-def recognised_arch(tensors: Mapping[str, Tensor]) -> Arch:
-    """The installed family these names and shapes fit, with the hyper-parameters its
-    schema derives from them; ``generic`` when none fits."""
-    from .plugins import registry  # the registry loads the formats that call this: import when used
-    from .schema import recognise
-
+def recognised_arch(tensors: Mapping[str, Tensor], families: Mapping[str, FamilySchema]) -> Arch:
+    """The family of ``families`` (the installed ones: the core passes them to
+    ``to_canonical``) these names and shapes fit, with the hyper-parameters its schema
+    derives from them; ``generic`` when none fits."""
     shapes = {name: t.shape for name, t in tensors.items()}
-    schema = recognise(registry().families.values(), shapes)
+    schema = recognise(families.values(), shapes)
     return Arch(schema.name, schema.derive_params(shapes)) if schema else Arch()

@@ -14,6 +14,7 @@ and destinations before it calls a writer, and makes every write atomic.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def detect(path: Path) -> Detection | list[Detection] | None:
 
 
 @hookspec(firstresult=True)
-def to_canonical(path: Path, format: str, options: dict[str, Any]) -> Checkpoint | None:
+def to_canonical(path: Path, format: str, options: dict[str, Any], families: Mapping[str, FamilySchema]) -> Checkpoint | None:
     """Read ``path`` (in ``format``, which this plugin owns) as a canonical Checkpoint.
 
     Return None when ``format`` is not yours. Tensors must be lazy (file ranges, loaders,
@@ -72,7 +73,9 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]) -> Checkpoint
     Files at ``path`` you chose not to read (weights another file takes precedence over)
     go in ``layout.facts["ignored"]`` by name: ``inspect`` lists them. ``options`` holds only the options your FormatSpec declares. Raise CorruptInput or
     UnsafeInput (never a bare exception) for bad files; pickles load with
-    ``weights_only=True``.
+    ``weights_only=True``. ``families`` are the installed family schemas by name, for a
+    format whose files cannot state their family (``ckpt_core.graph.recognised_arch``);
+    like any hook argument, declare it only if you use it.
     """
 
 

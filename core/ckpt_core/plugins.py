@@ -69,7 +69,7 @@ def build_registry() -> Registry:
     """Load the built-ins and every selected entry point, recording failures."""
     pm = pluggy.PluginManager("ckpt_core")
     pm.add_hookspecs(hookspecs)
-    version = importlib.metadata.version("ckpt-core") if _installed("ckpt-core") else "dev"
+    version = core_version()
     plugins: list[PluginInfo] = []
     formats: dict[str, FormatSpec] = {}
     families: dict[str, FamilySchema] = {}
@@ -108,12 +108,13 @@ def build_registry() -> Registry:
     return Registry(pm, plugins, formats, families)
 
 
-def _installed(dist: str) -> bool:
+@functools.cache
+def core_version() -> str:
+    """The installed ckpt-core's version ("dev" when run from a source tree)."""
     try:
-        importlib.metadata.distribution(dist)
-        return True
+        return importlib.metadata.version("ckpt-core")
     except importlib.metadata.PackageNotFoundError:
-        return False
+        return "dev"
 
 
 @functools.cache

@@ -25,7 +25,6 @@ import re
 import struct
 import zlib
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import dtypes, jsonfile, progress
@@ -319,6 +318,8 @@ def write_file(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, st
 
     Returns ``{name: "crc32:xxxxxxxx"}`` when ``checksums`` is set. The file is fsync-ed.
     """
+    from concurrent.futures import ThreadPoolExecutor  # (imports logging: only writers pay for it)
+
     sums: dict[str, str] = {}
     pending = {}
     with open(path, "xb", buffering=0) as out, ThreadPoolExecutor(max_workers=1) as pool:

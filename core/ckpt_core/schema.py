@@ -43,6 +43,11 @@ class TensorRule:
     def regex(self) -> re.Pattern:
         return _regex(self.pattern)
 
+    @property
+    def prefix(self) -> str:
+        """The pattern's literal start: a name without it cannot match (tested before the regex)."""
+        return self.pattern.partition("{")[0]
+
 
 @functools.cache  # recognising a family matches every name against every rule: build each once
 def _regex(pattern: str) -> re.Pattern:
@@ -70,7 +75,7 @@ class FamilySchema:
     def rule_for(self, name: str) -> tuple[TensorRule, int | None] | None:
         """The rule ``name`` matches and its layer number, or None."""
         for rule in self.tensors:
-            m = rule.regex.match(name)
+            m = name.startswith(rule.prefix) and rule.regex.match(name)
             if m:
                 return rule, int(m.group(1)) if m.groups() else None
         return None
@@ -158,7 +163,8 @@ def expected_shape(shape, params) -> tuple[int, ...] | None:
 
 def recognise(schemas: Iterable[FamilySchema], shapes: Mapping[str, tuple[int, ...]]) -> FamilySchema | None:
     """The one schema these tensors fit with no problems, or None."""
-    fits = [s for s in schemas if shapes and not s.problems(shapes, {})]
+    # a name the schema has no rule for rules it out: checked first, it spares the full check
+    fits = [s for s in schemas if shapes and all(map(s.rule_for, shapes)) and not s.problems(shapes, {})]
     return fits[0] if len(fits) == 1 else None
 
 

@@ -8,20 +8,27 @@ on raw same-width integer words, so bf16 and fp8 bytes move exactly.
 Writers stream a tensor with ``iter_chunks``; a tensor that is an untouched file range
 keeps its ``file_range`` so a writer can copy it file to file without reading it into
 Python at all.
+
+numpy is imported where bytes are read or computed, never to describe a tensor: listing
+and inspecting checkpoints does not load it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import attrs
-import numpy as np
 
 from . import dtypes
 from .errors import CorruptInput
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # 8 MiB: large enough that per-call costs vanish, small enough that malloc reuses a freed
 # read buffer instead of mmap-ing (and page-faulting in) a fresh one for every chunk, which
@@ -39,6 +46,8 @@ class FileRange(NamedTuple):
 
 
 def _read_range(rng: FileRange, count: int) -> np.ndarray:
+    import numpy as np
+
     with open(rng.path, "rb") as f:
         f.seek(rng.offset)
         data = f.read(count)
@@ -60,9 +69,8 @@ class Tensor:
     def __attrs_post_init__(self):
         if self.dtype not in dtypes.DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}")
-        for n in self.shape:
-            if not (type(n) is int or isinstance(n, np.integer)) or n < 0:
-                raise ValueError(f"bad shape {self.shape!r}")
+        if any((not isinstance(n, numbers.Integral)) or n < 0 for n in self.shape):
+            raise ValueError(f"bad shape {self.shape!r}")
         if self._load is None and self.file_range is None:
             raise ValueError("a tensor needs a loader or a file range")
 
@@ -83,6 +91,8 @@ class Tensor:
     def from_numpy(cls, array: np.ndarray, dtype: str | None = None) -> Tensor:
         """A tensor over a numpy array. ``dtype`` names the words when numpy has no such
         dtype (pass raw uint16 words with ``dtype="BF16"``, uint8 with ``"F8_E4M3"``)."""
+        import numpy as np
+
         array = np.asarray(array)
         name = dtype or dtypes.from_numpy(array.dtype)
         if array.dtype.itemsize != dtypes.get(name).itemsize:
@@ -118,6 +128,8 @@ class Tensor:
         A shape numpy cannot hold (more than 64 dimensions, or an empty tensor with a
         dimension of 2**63) stays flat: comparing, casting and writing work on words alone.
         """
+        import numpy as np
+
         data = _read_range(self.file_range, self.file_range.nbytes) if self._load is None else self._load()
         if isinstance(data, np.ndarray):
             data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
@@ -173,7 +185,7 @@ class Tensor:
                     left -= len(piece)
                     yield memoryview(piece)
             return
-        flat = memoryview(self.raw().reshape(-1).view(np.uint8))
+        flat = memoryview(self.raw().reshape(-1).view("u1"))
         for start in range(0, len(flat), chunk_size):
             yield flat[start:start + chunk_size]
 
@@ -184,6 +196,8 @@ class Tensor:
 
     def transpose(self, *axes: int) -> Tensor:
         """Axes permuted (reversed when none are given), as ``numpy.transpose``."""
+        import numpy as np
+
         axes = axes or tuple(reversed(range(len(self.shape))))
         shape = tuple(self.shape[a] for a in axes)
         return self._derive(shape, lambda a: np.ascontiguousarray(a.transpose(axes)))
@@ -211,6 +225,8 @@ class Tensor:
             # one contiguous piece of the file: stays a file range (copied kernel-side, never read whole)
             row = math.prod(self.shape[axis + 1:]) * dtypes.get(self.dtype).itemsize
             return Tensor.from_file(self.file_range.path, self.file_range.offset + start * row, self.dtype, shape)
+        import numpy as np
+
         index = (slice(None),) * axis + (slice(start, stop),)
         return self._derive(shape, lambda a: np.ascontiguousarray(a[index]))
 
@@ -218,7 +234,7 @@ class Tensor:
         """Consecutive pieces of the given sizes along ``axis`` (they must add up)."""
         if sum(sizes) != self.shape[axis]:
             raise ValueError(f"sizes {list(sizes)} do not add up to {self.shape[axis]}")
-        starts = np.cumsum([0, *sizes])
+        starts = list(itertools.accumulate(sizes, initial=0))
         return [self.slice(axis, int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
 
     def reinterpret(self, dtype: str) -> Tensor:
@@ -239,6 +255,8 @@ class Tensor:
             joined = _adjacent_range(tensors, first.dtype, shape)
             if joined is not None:
                 return joined
+        import numpy as np
+
         return Tensor(first.dtype, shape, load=lambda: np.stack([t.raw() for t in tensors], axis=axis))
 
     @staticmethod
@@ -254,6 +272,8 @@ class Tensor:
             joined = _adjacent_range(tensors, first.dtype, shape)
             if joined is not None:
                 return joined
+        import numpy as np
+
         return Tensor(first.dtype, shape, load=lambda: np.concatenate([t.raw() for t in tensors], axis=axis))
 
 
@@ -294,4 +314,6 @@ def same_bytes(a: Tensor, b: Tensor) -> bool:
     """Whether two tensors have the same dtype, shape and bytes (bit for bit)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
+    import numpy as np
+
     return a is b or np.array_equal(a.raw().reshape(-1).view(np.uint8), b.raw().reshape(-1).view(np.uint8))

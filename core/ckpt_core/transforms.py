@@ -8,13 +8,15 @@ compute in float32: merged weights are ``W + scale * (b @ a)`` rounded back to W
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from . import dtypes
 from .errors import UsageError
 from .model import Adapter, Checkpoint
 from .tensor import Tensor
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def merged_weight(weight: Tensor, adapter: Adapter) -> Tensor:
@@ -23,6 +25,8 @@ def merged_weight(weight: Tensor, adapter: Adapter) -> Tensor:
         raise UsageError(f"cannot merge an adapter into a {weight.dtype} weight")
 
     def compute() -> np.ndarray:
+        import numpy as np
+
         with np.errstate(over="ignore", invalid="ignore"):  # IEEE infinities and NaNs, as torch computes them
             delta = adapter.b.to_float32() @ adapter.a.to_float32()
             total = weight.to_float32() + np.float32(adapter.scale) * delta

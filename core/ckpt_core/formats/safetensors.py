@@ -11,6 +11,7 @@ it cannot hold: converting them here is refused (see ``--merge-adapters``, ``--a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..dtypes import ALL_DTYPES
 from ..errors import CorruptInput, NotFound
 from ..hookspecs import hookimpl
 from ..model import Checkpoint, Detection, FormatSpec, Layout
+from ..schema import FamilySchema
 
 NAME = "safetensors"
 META_KEY = "ckpt_core"
@@ -68,7 +70,7 @@ def _weight_files(directory: Path) -> list[Path]:
 
 
 @hookimpl
-def to_canonical(path: Path, format: str, options: dict[str, Any]):
+def to_canonical(path: Path, format: str, options: dict[str, Any], families: Mapping[str, FamilySchema]):
     if format != NAME:
         return None
     if path.is_dir():
@@ -90,7 +92,7 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]):
     metadata = dict(metadata or {})
     stored_graph = metadata.pop(META_KEY, None)
     if stored_graph is None:
-        return Checkpoint(arch=graph.recognised_arch(tensors), tensors=tensors, layout=Layout(NAME, variant, {"metadata": metadata}))
+        return Checkpoint(arch=graph.recognised_arch(tensors, families), tensors=tensors, layout=Layout(NAME, variant, {"metadata": metadata}))
     g = graph.from_json(stored_graph, f"{path}: metadata {META_KEY!r}")
     ck = Checkpoint(arch=g.arch, tensors=tensors, ties=g.ties, kv_sharing=g.kv_sharing, trainable=g.trainable,
                     layout=Layout(NAME, variant, {"metadata": metadata}, g.layouts))

@@ -23,9 +23,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .. import files
 from ..errors import CorruptInput, UnsafeInput, UsageError
@@ -33,6 +31,9 @@ from ..tensor import Tensor
 from . import scanner, structure
 from .archive import ZIP_ERRORS, is_zip, members, stored_records
 from .names import TORCH_DTYPES, dtype_name
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def import_torch(what: str):
@@ -117,6 +118,8 @@ def tree_from_torch(value: Any, _made: dict[int, Any] | None = None) -> Any:
     One torch tensor under several keys (a tie: torch.load gives the same object) becomes
     one Tensor, and a container named several times is converted once and shared. (Torch
     is not imported for this: without it loaded, there is none to find.)"""
+    import numpy as np
+
     made = {} if _made is None else _made  # id of a tensor or container -> its conversion
     torch = sys.modules.get("torch")
     if id(value) in made:
@@ -140,6 +143,8 @@ def tree_from_torch(value: Any, _made: dict[int, Any] | None = None) -> Any:
 
 def to_torch(t: Tensor):
     """A torch tensor with the same dtype, shape and bytes as ``t`` (reads its data)."""
+    import numpy as np
+
     torch = import_torch("a torch tensor")
 
     dtype = getattr(torch, TORCH_DTYPES[t.dtype])

@@ -23,10 +23,9 @@ import math
 import pickle
 import pickletools
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
-import numpy as np
 
 from .. import dtypes, files
 from ..errors import CorruptInput
@@ -34,6 +33,9 @@ from ..tensor import Tensor
 from . import structure
 from .archive import MAX_PICKLE_BYTES, ZIP_ERRORS, Member, is_zip, members, read_pickle
 from .names import LEGACY_STORAGES, TORCH_DTYPES
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_TENSORS = 1_000_000  # per file; real checkpoints hold thousands
 
@@ -322,6 +324,8 @@ def stub_tensor(path: Path, archive: str, stub: TensorStub, records: dict[str, M
     whole = Tensor.from_file(path, start, stub.dtype, (size // item,))
 
     def load() -> np.ndarray:
+        import numpy as np
+
         words = whole.raw()
         view = np.lib.stride_tricks.as_strided(words[stub.offset:], stub.shape, [s * item for s in stub.stride])
         return np.ascontiguousarray(view)

@@ -38,13 +38,9 @@ import os
 import pickle
 import secrets
 import struct
-import zipfile
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import progress
 from ..errors import CorruptInput
@@ -52,6 +48,9 @@ from ..safetensors_io import copy_range, write_all
 from ..tensor import FileRange, Tensor
 from .archive import ZIP_ERRORS, is_zip, stored_records
 from .names import LEGACY_STORAGES, TORCH_DTYPES
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 PROTOCOL = 2  # torch.save's default
 ALIGNMENT = 64  # torch aligns every record's data to this (its ``.storage_alignment``)
@@ -306,6 +305,8 @@ def save(obj: Any, path: Path) -> None:
     records: list[_Record] = []
     position = 0
 
+    from concurrent.futures import Future, ThreadPoolExecutor  # here: importing it costs start-up
+
     known_crcs: dict[Path, dict[tuple[int, int], int]] = {}  # each source archive's, read once
     with open(path, "wb", buffering=0) as out, ThreadPoolExecutor(max_workers=1) as pool:
         last_computed: Future | None = None
@@ -325,7 +326,7 @@ def save(obj: Any, path: Path) -> None:
         def write_computed(t: Tensor) -> Future:
             """Make ``t``'s bytes and write them; the worker computing their CRC-32 holds
             the only reference to them once this returns."""
-            flat = memoryview(t.raw().reshape(-1).view(np.uint8))
+            flat = memoryview(t.raw().reshape(-1).view("u1"))
             for start in range(0, len(flat), CHUNK_SIZE):
                 piece = flat[start:start + CHUNK_SIZE]
                 write_all(out, piece)

@@ -24,8 +24,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ckpt_core import (Adapter, Arch, Checkpoint, CkptWarning, CorruptInput, Layout, LossyConversion, OptimizerState, Tensor,
                        TrainState, UsageError, dtypes)
 from ckpt_core.gpt import adamw_param_order
@@ -165,7 +163,7 @@ def read(path: Path, alpha: float | None = None) -> Checkpoint:
 def _zeros(dtype: str, shape: tuple[int, int]) -> Tensor:
     """A lazy tensor of zeros (the main weight an embedding_mode lora_only model has not)."""
     nbytes = shape[0] * shape[1] * dtypes.get(dtype).itemsize
-    return Tensor.from_loader(dtype, shape, lambda: np.zeros(nbytes, np.uint8))
+    return Tensor.from_loader(dtype, shape, lambda: bytes(nbytes))
 
 
 def _canonical_param(ext_adapters: dict):

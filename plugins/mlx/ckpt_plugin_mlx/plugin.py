@@ -20,12 +20,14 @@ Where each file's keys land in the canonical model:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ckpt_core import hookimpl, rundir, safetensors_io
 from ckpt_core.errors import CkptError, CkptWarning, CorruptInput, LossyConversion, NotFound, UsageError
 from ckpt_core.model import Checkpoint, Detection, FormatSpec, Layout, RunEntry
+from ckpt_core.schema import FamilySchema
 
 from . import names, run, statefile, weights
 
@@ -106,11 +108,11 @@ def _checkpoint_path(path: Path) -> Path:
 
 
 @hookimpl
-def to_canonical(path: Path, format: str, options: dict[str, Any]):
+def to_canonical(path: Path, format: str, options: dict[str, Any], families: Mapping[str, FamilySchema]):
     if format != NAME:
         return None
     file = _checkpoint_path(path)
-    tensors, g, metadata = weights.read(file)
+    tensors, g, metadata = weights.read(file, families)
     state = names.companion(file, names.STATE)
     ck = Checkpoint(
         arch=g.arch,

@@ -9,10 +9,12 @@ hyper-parameters, ties, the trainable set) is written as JSON under the metadata
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from ckpt_core import graph, safetensors_io
 from ckpt_core.model import Checkpoint
+from ckpt_core.schema import FamilySchema
 from ckpt_core.tensor import Tensor
 
 META_KEY = "ckpt_core_mlx"
@@ -20,14 +22,15 @@ META_KEY = "ckpt_core_mlx"
 DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16", "F32", "F8_E4M3", "C64"})
 
 
-def read(path: Path) -> tuple[dict[str, Tensor], graph.Graph, dict[str, str]]:
+def read(path: Path, families: Mapping[str, FamilySchema]) -> tuple[dict[str, Tensor], graph.Graph, dict[str, str]]:
     """Lazy tensors, the graph (arch, ties, trainable set, earlier layouts) and the other
-    metadata of a weights file."""
+    metadata of a weights file (the family, when the file does not state it, is the one of
+    ``families`` that fits)."""
     tensors, metadata = safetensors_io.open_file(path)
     metadata = dict(metadata or {})
     stored = metadata.pop(META_KEY, None)
     if stored is None:
-        return tensors, graph.Graph(graph.recognised_arch(tensors), {}, {}, None), metadata
+        return tensors, graph.Graph(graph.recognised_arch(tensors, families), {}, {}, None), metadata
     return tensors, graph.from_json(stored, f"{path}: metadata {META_KEY!r}"), metadata
 
 

@@ -15,7 +15,6 @@ import re
 import warnings
 
 import attrs
-import numpy as np
 
 from ckpt_core.errors import CkptWarning, LossyConversion, UsageError
 from ckpt_core.gpt import GPT
@@ -80,6 +79,8 @@ def _fill_gpt(mapped: dict[str, Tensor], ck: Checkpoint, fill: bool, block_size)
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size <= 0:
         raise UsageError("fill_missing creates transformer.wpe.weight and needs its rows: pass --option block_size=N")
     needed["transformer.wpe.weight"] = (block_size, d)
+    import numpy as np
+
     out = dict(mapped)
     for name, shape in needed.items():
         if name not in out:
@@ -94,6 +95,8 @@ def _fill_modded(mapped: dict[str, Tensor]) -> dict[str, Tensor]:
     lambdas (1, 0), attention lambdas (1, 0)."""
     if "scalars" in mapped:
         return mapped
+    import numpy as np
+
     n_layer = max((int(m.group(1)) + 1 for n in mapped if (m := re.match(r"blocks\.(\d+)\.", n))), default=0)
     values = np.concatenate([np.zeros(n_layer), np.tile([1.0, 0.0], 2 * n_layer)]).astype(np.float32)
     return {"scalars": Tensor.from_numpy(values), **mapped}

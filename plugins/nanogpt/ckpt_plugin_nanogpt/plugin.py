@@ -14,7 +14,7 @@ from ckpt_core import hookimpl
 from ckpt_core.model import FormatSpec
 from ckpt_core.torchfile import VERIFY_OPTION
 
-from . import detection, reading, writing
+from . import detection, reading
 from .family import MODDED_GPT
 from .kinds import KINDS
 
@@ -71,6 +71,8 @@ def to_canonical(path: Path, format: str, options: dict[str, Any]):
 def from_canonical(checkpoint, path: Path, format: str, options: dict[str, Any]):
     if format not in KINDS:
         return None
+    from . import writing  # the writer's modules load only to write: start-up stays short
+
     writing.write(checkpoint, path, format, options)
     return True
 

@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ckpt_core import (Arch, Checkpoint, CkptError, CorruptInput, Detection, NotFound, OptimizerState, RunEntry,
                        TrainState, UnsafeInput)
 from ckpt_core.model import Layout
@@ -33,17 +32,21 @@ ZERO3_STATES = "zero_pp_rank_{r}_mp_rank_00_model_states.pt"
 TAG = re.compile(r"(?:epoch_(\d+)_)?global_step_?(\d+)")
 HF_STEP = re.compile(r"global_step_(\d+)")
 
-_multiarray = np._core.multiarray
-# What numpy's (and python's) RNG states need to unpickle: arrays, dtypes and scalars,
-# under numpy 2's module names and numpy 1's.
-ALLOWED_GLOBALS = [
-    *((_multiarray._reconstruct, f"{m}.multiarray._reconstruct") for m in ("numpy._core", "numpy.core")),
-    *((_multiarray.scalar, f"{m}.multiarray.scalar") for m in ("numpy._core", "numpy.core")),
-    (np.ndarray, "numpy.ndarray"),
-    (np.dtype, "numpy.dtype"),
-    *((type(np.dtype(t)), f"numpy.dtypes.{type(np.dtype(t)).__name__}")
-      for t in (np.uint32, np.int64, np.float64, np.float32, np.bool_)),
-]
+
+def allowed_globals() -> list:
+    """What numpy's (and python's) RNG states need to unpickle: arrays, dtypes and scalars,
+    under numpy 2's module names and numpy 1's."""
+    import numpy as np
+
+    multiarray = np._core.multiarray
+    return [
+        *((multiarray._reconstruct, f"{m}.multiarray._reconstruct") for m in ("numpy._core", "numpy.core")),
+        *((multiarray.scalar, f"{m}.multiarray.scalar") for m in ("numpy._core", "numpy.core")),
+        (np.ndarray, "numpy.ndarray"),
+        (np.dtype, "numpy.dtype"),
+        *((type(np.dtype(t)), f"numpy.dtypes.{type(np.dtype(t)).__name__}")
+          for t in (np.uint32, np.int64, np.float64, np.float32, np.bool_)),
+    ]
 
 
 def model_states(folder: Path) -> Path | None:
@@ -79,7 +82,7 @@ def detect(path: Path, fmt: str) -> Detection | None:
 
 def load_states(folder: Path) -> dict:
     path = model_states(folder)
-    states = load_pickle(path, allowed_globals=ALLOWED_GLOBALS)
+    states = load_pickle(path, allowed_globals=allowed_globals())
     if not isinstance(states, dict):
         raise CorruptInput(f"{path}: not a DeepSpeed model-states dict")
     return states

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import numpy as np
 from ckpt_core import Arch, Checkpoint, CkptWarning, CorruptInput, LossyConversion, Tensor, UsageError
 from ckpt_core import dtypes
 
 from .families import NORM_SWIFTKV, NORM_SWIFTKV_SOURCE, SWIFTKV_TENSORS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 A_PARAMS = ("num_key_value_layers", "key_value_group_size")
 # config.json fields that only a SwiftKV student has (dropped when writing a teacher)
@@ -257,6 +259,8 @@ def _mean(group: list[Tensor], name: str) -> Tensor:
                          "use key_value_group_size=1")
 
     def compute() -> np.ndarray:
+        import numpy as np
+
         total = np.zeros(group[0].shape, dtype=np.float32)
         for t in group:
             total += t.to_float32()
