@@ -1,0 +1,97 @@
+"""Real DeepSpeed ZeRO checkpoints for the tests, written by DeepSpeed's own engine on CPU.
+
+Run under ``torchrun --nproc_per_node=W deepspeed_train.py OUT CASE...`` with
+``DS_ACCELERATOR=cpu`` (conftest.py does, once per session). Each CASE (``z2-bf16``,
+``z3-fp32``, ``bf16opt``: ZeRO-1 + bf16 + fp32 gradient accumulation, DeepSpeed's BF16_Optimizer) trains a small model with odd sizes
+(a vocabulary of 301, width 65), a frozen linear layer, a tied head and a buffer for two
+steps, saving ``OUT/<case>-ws<W>/global_step1`` and ``global_step2``. Beside each run,
+rank 0 writes ``expected.pt``: per trainable parameter what the engine holds after step 2
+(fp32 master weight, ``exp_avg``, ``exp_avg_sq``, gathered from every rank by DeepSpeed's
+``safe_get_full_*``), and the module's own state dict below ZeRO-3.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import deepspeed
+import torch
+from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+from torch import nn
+
+VOCAB, WIDTH = 301, 65
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.proj = nn.Linear(WIDTH, WIDTH)
+        self.norm = nn.LayerNorm(WIDTH)
+        self.frozen = nn.Linear(WIDTH, 7)
+        self.frozen.requires_grad_(False)
+        self.head = nn.Linear(WIDTH, VOCAB, bias=False)
+        self.head.weight = self.embed.weight
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, WIDTH))
+
+    def forward(self, tokens):
+        e = self.embed(tokens)
+        h = self.norm(self.proj(e.to(self.proj.weight.dtype))) * self.scale.to(self.proj.weight.dtype)
+        logits = self.head(h.to(self.head.weight.dtype))
+        frozen = self.frozen(h.to(self.frozen.weight.dtype))  # DeepSpeed leaves frozen parameters in fp32
+        return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB).float(), tokens[:, 1:].reshape(-1)) \
+            + frozen.float().pow(2).mean()
+
+
+def config(case: str) -> dict:
+    kind, dtype = case.split("-") if "-" in case else ("z1", "bf16")
+    cfg = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": int(kind[1:])},
+        "steps_per_print": 1000,
+    }
+    if dtype == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    if case == "bf16opt":
+        cfg["data_types"] = {"grad_accum_dtype": "fp32"}
+    return cfg
+
+
+def run(out: Path, case: str) -> None:
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config(case))
+    folder = out / f"{case}-ws{world}"
+    data = torch.Generator().manual_seed(100 + rank)
+    for step in (1, 2):
+        tokens = torch.randint(0, VOCAB, (2, 9), generator=data)
+        loss = engine(tokens)
+        engine.backward(loss)
+        engine.step()
+        engine.save_checkpoint(str(folder), client_state={"epoch": 0, "note": case})
+    expected = {"params": {}, "module": None}
+    for name, p in engine.module.named_parameters():
+        if p.requires_grad:
+            expected["params"][name] = {"fp32": safe_get_full_fp32_param(p).clone(), **{
+                key: safe_get_full_optimizer_state(p, key).clone() for key in ("exp_avg", "exp_avg_sq")}}
+    if engine.zero_optimization_stage() < 3:
+        expected["module"] = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    if rank == 0:
+        torch.save(expected, folder / "expected.pt")
+    torch.distributed.barrier()
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    deepspeed.init_distributed(dist_backend="gloo")
+    for case in sys.argv[2:]:
+        run(out, case)
+
+
+if __name__ == "__main__":
+    main()
