@@ -7,8 +7,10 @@
         zero_pp_rank_{r}_mp_rank_00_model_states.pt        ZeRO-3: one per data-parallel rank
         [bf16_]zero_pp_rank_{r}_mp_rank_00_optim_states.pt one per rank: its fp32 partition
 
-A tag folder is complete when every rank's files are there and are whole zip files; an
-interrupted save is listed as incomplete, never chosen as latest, never pruned.
+A tag folder is complete when every rank's files are there (as many optimizer files as the
+model states' ``dp_world_size``) and are whole zip files; an interrupted save is listed as
+incomplete, never chosen as latest, never pruned. Checkpoints are ordered by the step their
+tag names; the tag ``latest`` names is marked, and prune spares it (DeepSpeed resumes from it).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ckpt_core.errors import NotFound, UnsafeInput
+from ckpt_core.errors import CorruptInput, NotFound, UnsafeInput
 from ckpt_core.model import RunEntry
 from ckpt_core.torch_io import is_zip
+from ckpt_core.torch_pickle import scan
 
 LATEST = "latest"
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -100,7 +103,17 @@ def completeness(folder: Path) -> tuple[bool, str]:
     states = model_states(folder)
     if states is None:
         return False, f"no {MODEL_STATES}"
+    if not is_zip(states):
+        return False, f"{states.name} is not a whole torch file (interrupted save?)"
     optim = rank_files(folder, "optim")
+    try:
+        world = scan(states).obj.get("dp_world_size")  # the pickle's structure only, no tensor data
+    except (CorruptInput, AttributeError):
+        return False, f"{states.name} is damaged"
+    if type(world) is int and optim and sorted(optim) != list(range(world)):
+        missing = sorted(set(range(world)) - set(optim))
+        return False, (f"no optimizer file for rank {missing[0]} of {world} (interrupted save?)" if missing
+                       else f"{len(optim)} optimizer files for a world size of {world}")
     files = [states, *optim.values()]
     if states.name != MODEL_STATES:
         model = rank_files(folder, "model")
