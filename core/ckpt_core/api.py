@@ -101,12 +101,6 @@ def load(path: Path | str, format: str | None = None, options: Mapping[str, Any]
     return ck
 
 
-def _check_writable(spec: FormatSpec) -> None:
-    if not spec.writable:
-        raise UsageError(f"format {spec.name!r} is read only (its plugin cannot write it yet); convert to canonical or "
-                         "safetensors instead. Nothing was written.")
-
-
 def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, Any] | None = None, *,
          overwrite: bool = False, allow_loss: Collection[str] = (), merge_adapters: bool = False,
          cast: Mapping[str, str] | None = None, show_progress: bool = False) -> Checkpoint:
@@ -120,7 +114,6 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
     path = Path(path)
     reg = registry()
     spec = reg.spec(format)
-    _check_writable(spec)
     opts = check_options(spec, options)
     atomic.check_destination(path, overwrite)
     if cast:
@@ -145,7 +138,6 @@ def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any
     src, dst = _existing(src), Path(dst)
     reg = registry()
     target = reg.spec(to)
-    _check_writable(target)
     atomic.check_destination(dst, overwrite)
     source = reg.spec(resolve_format(src, from_format))
     options = dict(options or {})

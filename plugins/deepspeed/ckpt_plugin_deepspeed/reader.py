@@ -2,7 +2,8 @@
 
 Weights are the fp32 master weights by default (what ``zero_to_fp32.py`` gives: trainable
 parameters from the optimizer partitions, frozen ones and buffers from the model states,
-buffers widened from 16 bits to fp32 as that script does), or with ``weights=module`` the
+buffers widened from 16 bits to fp32 as that script does; unlike it, ZeRO-1's frozen
+parameters too, which its files do not list as such and the script drops), or with ``weights=module`` the
 module's own state dict in its own dtype (ZeRO 0/1/2 files hold it; ZeRO-3 files do not).
 The optimizer's flat Adam moments are cut per parameter name the same way, so the
 canonical optimizer state does not depend on the world size.
@@ -102,7 +103,8 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
     tensors = {n: t for n, t in tensors.items() if n not in ties}
     return Checkpoint(
         arch=graph.recognised_arch(tensors), tensors=tensors, ties=ties, train_state=train_state(tag),
-        layout=Layout(NAME, _variant(tag), {"tag": tag.folder.name, "world_size": tag.world, "weights": weights}),
+        layout=Layout(NAME, _variant(tag), {"tag": tag.folder.name, "weights": weights,
+                                            "buffer_names": list(tag.states.get("buffer_names") or ())}),
     )
 
 
@@ -157,6 +159,9 @@ def master_weights(tag: Tag) -> dict[str, Tensor]:
     for group in shapes:
         for name, shape in group.items():
             found[name] = zero.assemble(pieces[name], flats, shape)
+    if tag.stage != 3:  # ZeRO-1 lists no frozen parameters (zero_to_fp32.py drops them): the module has them
+        aliases = states.get("shared_params") or {}
+        found.update((n, t) for n, t in module.items() if n not in found and n not in aliases)
     order = [n for n in module if n in found] + [n for n in found if n not in module]
     return {n: found[n] for n in order}
 

@@ -1,38 +1,15 @@
-"""Real DeepSpeed checkpoints, made once per test session by DeepSpeed's own engine.
-
-``deepspeed_train.py`` runs under ``torchrun`` on CPU (gloo): one job of 2 ranks and one of
-1 rank, each saving several runs (see CASES). DeepSpeed compiles a small op the first time
-(about 2 minutes); it is kept in ``~/.cache/ckpt-core/torch_extensions`` (or
-``$CKPT_CORE_TORCH_EXTENSIONS``), so later sessions take about a minute for every run.
-``CKPT_CORE_DEEPSPEED_MATRIX=full`` makes the whole matrix: ZeRO 1, 2, 3 x fp32, bf16 x
-world size 1, 2, and DeepSpeed's BF16_Optimizer at both world sizes.
-"""
+"""Real DeepSpeed checkpoints, made once per test session by DeepSpeed's own engine
+(which runs, how: ``deepspeed_runs.py``)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed; the DeepSpeed fixtures train with its engine")
 
-HERE = Path(__file__).parent
-MATRIX_VAR = "CKPT_CORE_DEEPSPEED_MATRIX"
-FULL = {ws: [f"z{s}-{d}" for s in (1, 2, 3) for d in ("fp32", "bf16")] + ["bf16opt"] for ws in (1, 2)}
-# Every stage and dtype, both world sizes, the BF16_Optimizer variant.
-CI = {2: ["z1-bf16", "z2-fp32", "z3-fp32", "z3-bf16", "bf16opt"], 1: ["z1-fp32", "z3-bf16"]}
-CASES = FULL if os.environ.get(MATRIX_VAR) == "full" else CI
-RUNS = [f"{case}-ws{ws}" for ws, cases in CASES.items() for case in cases]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from deepspeed_runs import CASES, RUNS, torchrun  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,12 +17,6 @@ def ds_runs(tmp_path_factory) -> dict[str, Path]:
     """Run name (``z2-bf16-ws2``) -> its save directory (``latest``, ``global_step1``,
     ``global_step2``, ``expected.pt``)."""
     out = tmp_path_factory.mktemp("deepspeed-runs")
-    cache = Path(os.environ.get("CKPT_CORE_TORCH_EXTENSIONS", Path.home() / ".cache" / "ckpt-core" / "torch_extensions"))
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     for ws, cases in CASES.items():
-        torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ws}", f"--master_port={_free_port()}"]
-        done = subprocess.run([*torchrun, str(HERE / "deepspeed_train.py"), str(out), *cases],
-                              env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            pytest.fail(f"DeepSpeed training (world size {ws}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+        torchrun(ws, out, *cases)
     return {name: out / name for name in RUNS}

@@ -7,7 +7,10 @@ Run under ``torchrun --nproc_per_node=W deepspeed_train.py OUT CASE...`` with
 steps, saving ``OUT/<case>-ws<W>/global_step1`` and ``global_step2``. Beside each run,
 rank 0 writes ``expected.pt``: per trainable parameter what the engine holds after step 2
 (fp32 master weight, ``exp_avg``, ``exp_avg_sq``, gathered from every rank by DeepSpeed's
-``safe_get_full_*``), and the module's own state dict below ZeRO-3.
+``safe_get_full_*``), the module's own state dict below ZeRO-3, and the losses of two
+more steps on data every rank shares (``next_losses``). ``deepspeed_train.py resume OUT
+LOAD_DIR CASE`` loads a checkpoint into a fresh engine and writes the losses of the same two
+steps to OUT: a resumed run must match them.
 """
 
 from __future__ import annotations
@@ -81,14 +84,49 @@ def run(out: Path, case: str) -> None:
                 key: safe_get_full_optimizer_state(p, key).clone() for key in ("exp_avg", "exp_avg_sq")}}
     if engine.zero_optimization_stage() < 3:
         expected["module"] = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    expected["next_losses"] = next_losses(engine)
     if rank == 0:
         torch.save(expected, folder / "expected.pt")
     torch.distributed.barrier()
 
 
+def next_losses(engine) -> list[float]:
+    """The losses of two more steps on data every rank shares, so that a run resumed at
+    another world size sees the same gradients (their mean over ranks is exact)."""
+    data = torch.Generator().manual_seed(7)
+    losses = []
+    for _ in range(2):
+        loss = engine(torch.randint(0, VOCAB, (2, 9), generator=data))
+        losses.append(loss.item())
+        engine.backward(loss)
+        engine.step()
+    return losses
+
+
+def resume(out: Path, load_dir: Path, case: str) -> None:
+    """Load ``load_dir`` (its latest tag) into a fresh engine for ``case`` at this world
+    size and write the losses of the two steps after it to ``out``."""
+    torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
+    model = Net()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config(case))
+    _, client = engine.load_checkpoint(str(load_dir))
+    result = {"losses": next_losses(engine), "global_steps": engine.global_steps, "client": {
+        k: client[k] for k in ("epoch", "note") if k in client}}
+    if torch.distributed.get_rank() == 0:
+        torch.save(result, out)
+    torch.distributed.barrier()
+
+
 def main() -> None:
-    out = Path(sys.argv[1])
     deepspeed.init_distributed(dist_backend="gloo")
+    if sys.argv[1] == "resume":  # resume OUT LOAD_DIR CASE [OUT LOAD_DIR CASE ...]
+        args = sys.argv[2:]
+        for i in range(0, len(args), 3):
+            resume(Path(args[i]), Path(args[i + 1]), args[i + 2])
+        return
+    out = Path(sys.argv[1])
     for case in sys.argv[2:]:
         run(out, case)
 
