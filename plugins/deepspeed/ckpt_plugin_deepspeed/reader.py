@@ -60,7 +60,8 @@ def open_tag(path: Path) -> Tag:
     if not files:
         stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0) if isinstance(
             states.get("ds_config"), dict) else 0
-        return Tag(folder, states, [], stage if isinstance(stage, int) else 0, 1)
+        world = states.get("dp_world_size")
+        return Tag(folder, states, [], stage if isinstance(stage, int) else 0, world if type(world) is int and world > 0 else 1)
     optim = []
     for rank, f in files.items():
         top = pickles.load(f)
@@ -98,7 +99,7 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
         tensors = module_weights(tag)
     else:
         tensors = master_weights(tag)
-    shared = tag.states.get("shared_params") or {}
+    shared = {**(_second_names(_module(tag)) if tag.stage != 3 else {}), **(tag.states.get("shared_params") or {})}
     ties = {alias: owner for alias, owner in shared.items() if owner in tensors}
     tensors = {n: t for n, t in tensors.items() if n not in ties}
     return Checkpoint(
@@ -166,6 +167,20 @@ def master_weights(tag: Tag) -> dict[str, Tensor]:
     return {n: found[n] for n in order}
 
 
+def _second_names(module: dict[str, Tensor]) -> dict[str, str]:
+    """Alias -> first name, for module entries over the same bytes of the file (a tie:
+    DeepSpeed lists them in ``shared_params`` only under ZeRO)."""
+    first: dict[Any, str] = {}
+    aliases = {}
+    for name, t in module.items():
+        key = (t.file_range, t.dtype, t.shape) if t.file_range is not None and t.numel else id(t)
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
+
+
 def _widened(t: Tensor) -> Tensor:
     """A 16-bit float buffer as fp32 (exact), as ``zero_to_fp32.py`` returns buffers."""
     if t.dtype not in ("BF16", "F16"):
@@ -221,7 +236,7 @@ def train_state(tag: Tag) -> TrainState:
     return TrainState(
         step=steps if type(steps) is int else step,
         epoch=epoch,
-        optimizer=optimizer_state(tag) if tag.optim else None,
+        optimizer=optimizer_state(tag) if tag.optim else stage0_optimizer(tag),
         scheduler=states.get("lr_scheduler"),
         rng=rng or None,
         config=ds_config,
@@ -261,6 +276,26 @@ def optimizer_state(tag: Tag) -> OptimizerState:
         "betas" in gr for gr in groups) else ""
     return OptimizerState(kind, param_state, groups, extra={
         "zero_stage": tag.stage, "world_size": tag.world, **{k: first_optim[k] for k in SCALAR_KEYS if k in first_optim}})
+
+
+def stage0_optimizer(tag: Tag) -> OptimizerState | None:
+    """Without ZeRO the model states hold the torch optimizer's ``state_dict``, keyed by
+    position in ``module.parameters()`` order: the module's entries that are neither
+    buffers nor a second name of one tensor (a tie), in order."""
+    saved = tag.states.get("optimizer")
+    if saved is None:
+        return None
+    module = _module(tag)
+    aliases, buffers = _second_names(module), set(tag.states.get("buffer_names") or ())
+    order = [n for n in module if n not in buffers and n not in aliases]
+    try:
+        groups = [{k: ([order[i] for i in v] if k == "params" else v) for k, v in g.items()} for g in saved["param_groups"]]
+        param_state = {order[i]: dict(slots) for i, slots in saved["state"].items()}
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise CorruptInput(f"{tag.folder}: the model states' optimizer is not the torch optimizer state of its module "
+                           f"({type(e).__name__}: {e})") from None
+    kind = "adamw" if any(g.get("decoupled_weight_decay") for g in groups) else "adam" if any("betas" in g for g in groups) else ""
+    return OptimizerState(kind, param_state, groups, extra={"zero_stage": 0, "world_size": tag.world})
 
 
 def _base_state(inner: dict, tag: Tag, rank: int) -> dict:

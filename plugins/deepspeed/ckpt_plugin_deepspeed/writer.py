@@ -9,8 +9,9 @@ with zeros to a multiple of ``2 * world_size`` and cut into equal partitions, on
 DeepSpeed's classes in the pickles (``ZeroStageEnum``, ``LossScaler``,
 ``fragment_address``) are written by name, never imported.
 
-Trainable parameters and their order come from the optimizer state's groups: a
-checkpoint without Adam moments for every one of them is refused (nothing is invented).
+Trainable parameters and their order come from the optimizer state's groups (those with
+state: torch's optimizer lists frozen ones too): a checkpoint without Adam moments for
+every one of them is refused (nothing is invented).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
     if opt is None or not opt.groups or not all(isinstance(g.get("params"), list) for g in opt.groups):
         raise UsageError("writing DeepSpeed needs the optimizer state (Adam moments by parameter name, with its param "
                          "groups), which this checkpoint lacks. Nothing was written.")
-    groups = [[n for n in g["params"]] for g in opt.groups]
+    # a parameter without any state never had a gradient (torch lists frozen ones too): not trainable
+    groups = [[n for n in g["params"] if opt.param_state.get(n)] for g in opt.groups]
     for name in (n for g in groups for n in g):
         slots = opt.param_state.get(name, {})
         if name not in ck.tensors or not all(isinstance(slots.get(k), Tensor) for k in ("exp_avg", "exp_avg_sq")):

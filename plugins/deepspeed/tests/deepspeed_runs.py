@@ -5,7 +5,7 @@
 (about 2 minutes); it is kept in ``~/.cache/ckpt-core/torch_extensions`` (or
 ``$CKPT_CORE_TORCH_EXTENSIONS``), so later sessions take about a minute for every run.
 ``CKPT_CORE_DEEPSPEED_MATRIX=full`` makes the whole matrix: ZeRO 1, 2, 3 x fp32, bf16 x
-world size 1, 2, and DeepSpeed's BF16_Optimizer at both world sizes.
+world size 1, 2, no ZeRO (stage 0) and DeepSpeed's BF16_Optimizer at both world sizes.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 
 HERE = Path(__file__).parent
 MATRIX_VAR = "CKPT_CORE_DEEPSPEED_MATRIX"
-FULL = {ws: [f"z{s}-{d}" for s in (1, 2, 3) for d in ("fp32", "bf16")] + ["bf16opt"] for ws in (1, 2)}
-# Every stage and dtype, both world sizes, the BF16_Optimizer variant.
-CI = {2: ["z1-bf16", "z2-fp32", "z3-fp32", "z3-bf16", "bf16opt"], 1: ["z1-fp32", "z3-bf16"]}
+FULL = {ws: ["z0-fp32"] + [f"z{s}-{d}" for s in (1, 2, 3) for d in ("fp32", "bf16")] + ["bf16opt"] for ws in (1, 2)}
+# Every stage (0: no ZeRO) and dtype, both world sizes, the BF16_Optimizer variant.
+CI = {2: ["z0-fp32", "z1-bf16", "z2-fp32", "z3-fp32", "z3-bf16", "bf16opt"], 1: ["z1-fp32", "z3-bf16"]}
 CASES = FULL if os.environ.get(MATRIX_VAR) == "full" else CI
 RUNS = [f"{case}-ws{ws}" for ws, cases in CASES.items() for case in cases]
 
