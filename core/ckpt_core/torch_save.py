@@ -97,6 +97,11 @@ def call(module: str, name: str, *args) -> _Call:
     return _Call(_global(module, name), args)
 
 
+def torch_dtype(name: str) -> _Global:
+    """The torch dtype of safetensors dtype ``name`` in the pickle (``torch.float16``)."""
+    return _global("torch", TORCH_DTYPES[name])
+
+
 class Instance:
     """An instance of the class ``module.name`` in the pickle, as pickle writes a plain
     object (NEWOBJ, then BUILD with ``state``, its attributes), never imported here: for

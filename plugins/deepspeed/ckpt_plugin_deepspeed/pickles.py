@@ -6,7 +6,7 @@ stand-ins), and a file naming any other class is refused by name:
 
     deepspeed.runtime.zero.config.ZeroStageEnum       -> the stage, an int
     deepspeed.runtime.fp16.loss_scaler.LossScaler     -> {"class": "LossScaler", **its attributes}
-    deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler  (the same)
+    deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler  (the same; its dtype as "F16")
     deepspeed.utils.tensor_fragment.fragment_address  -> {"numel": n, "start": s}
 
 Model-states files may hold numpy and Python RNG states (a training script's client
@@ -49,7 +49,11 @@ def load(path: Path) -> Any:
     if not path.is_file():
         raise NotFound(f"{path}: no such file")
     if not is_zip(path):
-        raise CorruptInput(f"{path}: not a torch zip file (truncated or damaged: an interrupted save?)")
+        with open(path, "rb") as f:
+            if f.read(4) in (b"PK\x03\x04", b""):
+                raise CorruptInput(f"{path}: not a whole torch zip file (truncated or damaged: an interrupted save?)")
+        # a legacy torch file: torch reads it, refusing any global it needs but numpy's
+        return tree_from_torch(load_pickle(path, allowed_globals=NUMPY_GLOBALS))
     found = scan(path)
     unknown = sorted(set(found.records) - STAND_INS - NUMPY_NAMES)
     if unknown:
@@ -79,7 +83,10 @@ def _stand_in(record: Record, path: Path) -> Any:
     if name == ZERO_STAGE and len(record.args) == 1 and type(record.args[0]) is int:
         return record.args[0]
     if name in SCALERS and not record.args and isinstance(record.state, dict):
-        return {"class": name.rsplit(".", 1)[1], **_plain(record.state, path)}
+        state = _plain(record.state, path)
+        if "dtype" in state:  # a torch dtype, which the scanner reads as its safetensors name
+            state["dtype"] = getattr(state["dtype"], "name", state["dtype"])
+        return {"class": name.rsplit(".", 1)[1], **state}
     if name == FRAGMENT and isinstance(record.state, dict) and set(record.state) == {"numel", "start"} \
             and all(type(v) is int and v >= 0 for v in record.state.values()):
         return dict(record.state)

@@ -31,7 +31,7 @@ from . import folder as layout
 DS_VERSION = "0.19.8"
 DTYPES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
 ZERO_STAGE = ("deepspeed.runtime.zero.config", "ZeroStageEnum")
-LOSS_SCALER = ("deepspeed.runtime.fp16.loss_scaler", "LossScaler")
+SCALER_MODULE = "deepspeed.runtime.fp16.loss_scaler"
 FRAGMENT = ("deepspeed.utils.tensor_fragment", "fragment_address")
 
 
@@ -137,7 +137,7 @@ def _optimizer_file(ck: Checkpoint, groups: list[list[str]], world: int, rank: i
     extra = opt.extra
     return {
         "optimizer_state_dict": {
-            "loss_scaler": torch_save.Instance(*LOSS_SCALER, _scaler(extra.get("loss_scaler"))),
+            "loss_scaler": _scaler(extra.get("loss_scaler")),
             "dynamic_loss_scale": extra.get("dynamic_loss_scale", False),
             "overflow": extra.get("overflow", False),
             "base_optimizer_state": {"state": slots, "param_groups": [{**h, "params": [g]} for g, h in enumerate(hyper)]},
@@ -156,11 +156,15 @@ def _optimizer_file(ck: Checkpoint, groups: list[list[str]], world: int, rank: i
     }
 
 
-def _scaler(read: Any) -> dict:
-    """A static LossScaler's attributes (as DeepSpeed's reader gave them, or scale 1)."""
-    if isinstance(read, dict) and read.get("class") == "LossScaler":
-        return {k: v for k, v in read.items() if k != "class"}
-    return {"cur_scale": 1.0, "dynamic": False}
+def _scaler(read: Any) -> torch_save.Instance:
+    """The loss scaler as the source had it (a DynamicLossScaler keeps its scale and
+    counters), or a static one of scale 1."""
+    if not isinstance(read, dict) or read.get("class") not in ("LossScaler", "DynamicLossScaler"):
+        return torch_save.Instance(SCALER_MODULE, "LossScaler", {"cur_scale": 1.0, "dynamic": False})
+    state = {k: v for k, v in read.items() if k != "class"}
+    if isinstance(state.get("dtype"), str):
+        state["dtype"] = torch_save.torch_dtype(state["dtype"])
+    return torch_save.Instance(SCALER_MODULE, read["class"], state)
 
 
 def _model_states(ck: Checkpoint, groups: list[list[str]], trainable: set[str], world: int, dtype: str,

@@ -20,9 +20,10 @@ import pytest
 
 HERE = Path(__file__).parent
 MATRIX_VAR = "CKPT_CORE_DEEPSPEED_MATRIX"
-FULL = {ws: ["z0-fp32"] + [f"z{s}-{d}" for s in (1, 2, 3) for d in ("fp32", "bf16")] + ["bf16opt"] for ws in (1, 2)}
-# Every stage (0: no ZeRO) and dtype, both world sizes, the BF16_Optimizer variant.
-CI = {2: ["z0-fp32", "z1-bf16", "z2-fp32", "z3-fp32", "z3-bf16", "bf16opt"], 1: ["z1-fp32", "z3-bf16"]}
+FULL = {ws: ["z0-fp32"] + [f"z{s}-{d}" for s in (1, 2, 3) for d in ("fp32", "bf16", "fp16")] + ["bf16opt"]
+        for ws in (1, 2)}
+# Every stage (0: no ZeRO) and dtype (fp16: a dynamic loss scaler), both world sizes, the BF16_Optimizer variant.
+CI = {2: ["z0-fp32", "z1-bf16", "z2-fp32", "z2-fp16", "z3-fp32", "z3-bf16", "bf16opt"], 1: ["z1-fp32", "z3-bf16"]}
 CASES = FULL if os.environ.get(MATRIX_VAR) == "full" else CI
 RUNS = [f"{case}-ws{ws}" for ws, cases in CASES.items() for case in cases]
 

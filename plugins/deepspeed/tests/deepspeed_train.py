@@ -20,6 +20,7 @@ from pathlib import Path
 
 import deepspeed
 import torch
+from deepspeed.accelerator import get_accelerator
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 from torch import nn
 
@@ -57,6 +58,8 @@ def config(case: str) -> dict:
     }
     if dtype == "bf16":
         cfg["bf16"] = {"enabled": True}
+    if dtype == "fp16":  # a dynamic loss scaler (DeepSpeed's CPU accelerator says no fp16: told otherwise below)
+        cfg["fp16"] = {"enabled": True, "initial_scale_power": 8}
     if case == "bf16opt":
         cfg["data_types"] = {"grad_accum_dtype": "fp32"}
     return cfg
@@ -64,6 +67,7 @@ def config(case: str) -> dict:
 
 def run(out: Path, case: str) -> None:
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    get_accelerator().is_fp16_supported = lambda: True  # torch's CPU kernels run this small model in fp16
     torch.manual_seed(0)
     model = Net()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
@@ -111,6 +115,7 @@ def next_losses(engine) -> list[float]:
 def resume(out: Path, load_dir: Path, case: str) -> None:
     """Load ``load_dir`` (its latest tag) into a fresh engine for ``case`` at this world
     size and write the losses of the two steps after it to ``out``."""
+    get_accelerator().is_fp16_supported = lambda: True
     torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
     model = Net()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)

@@ -68,7 +68,7 @@ def _hostile(path, canary):
 
 @pytest.mark.parametrize("case, code, words", [
     ("missing rank file", 3, "no optimizer file for rank 1 of 2"),
-    ("truncated file", 5, "not a torch zip file"),
+    ("truncated file", 5, "not a whole torch zip file"),
     ("truncated partition", 5, "truncated or mismatched partition"),
     ("mismatched world size", 5, "must agree"),
     ("hostile pickle", 6, "system"),

@@ -23,7 +23,8 @@ from ckpt_core.compare import differences
 RESUMES = {
     1: [("z2-fp32-ws2", {"world_size": 1}, "z2-fp32", 0, 0),
         ("z3-fp32-ws2", {"world_size": 1, "stage": 1}, "z1-fp32", 0, 1e-6),
-        ("z3-bf16-ws2", {"world_size": 1, "stage": 2}, "z2-bf16", 1e-4, 1e-3)],
+        ("z3-bf16-ws2", {"world_size": 1, "stage": 2}, "z2-bf16", 1e-4, 1e-3),
+        ("z2-fp16-ws2", {"world_size": 1}, "z2-fp16", 0, 1e-3)],
     2: [("z1-fp32-ws1", {"world_size": 2, "stage": 2}, "z2-fp32", 0, 1e-6),
         ("z1-bf16-ws2", {}, "z1-bf16", 0, 0),
         ("z0-fp32-ws2", {"stage": 2}, "z2-fp32", 0, 1e-6)],

@@ -74,7 +74,7 @@ def test_module_weights_in_their_own_dtype(ds_runs, name):
     assert list(ck.names()) == [n for n in module if n != "head.weight"] + ["head.weight"]
     for n, t in module.items():
         assert torch.equal(ck.tensor(n).to_torch(), t), n
-    assert ck.tensors["proj.weight"].dtype == ("F32" if "fp32" in name else "BF16")
+    assert ck.tensors["proj.weight"].dtype == {"fp32": "F32", "fp16": "F16"}.get(name.split("-")[1], "BF16")
 
 
 def test_zero3_has_no_module_weights(ds_runs):
@@ -104,6 +104,8 @@ def test_train_state(ds_runs):
     assert ts.scheduler["last_epoch"] == 2 and ts.scheduler["_last_lr"] == [0.0025]
     assert ts.config["bf16"] == {"enabled": True} and ts.config["zero_optimization"] == {"stage": 3}
     assert ts.optimizer.extra["loss_scaler"]["class"] == "LossScaler"
+    scaler = ckpt_core.train_state(ds_runs["z2-fp16-ws2"]).optimizer.extra["loss_scaler"]
+    assert (scaler["class"], scaler["dtype"], scaler["cur_iter"], scaler["dynamic"]) == ("DynamicLossScaler", "F16", 2, True)
     tag = ckpt_core.train_state(run / "global_step1")
     assert tag.step == 1 and tag.extra["tag"] == "global_step1"
 
