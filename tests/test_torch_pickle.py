@@ -156,3 +156,15 @@ def test_python_2_spellings_are_named_as_python_3_imports_them(tmp_path):
     assert torch_pickle.scan(tmp_path / "a.pt").records == ("subprocess.Popen",)
     assert "subprocess.Popen" in torch_pickle.named_globals(tmp_path / "a.pt")
     assert torch_pickle.named_globals(tmp_path / "b.pkl") == ["subprocess.Popen"]
+
+
+def test_tensor_with_python_attributes_reads_as_the_tensor(tmp_path):
+    """torch pickles a tensor carrying attributes (DeepSpeed's ``ds_id`` on ZeRO-3
+    partitions) through ``torch._tensor._rebuild_from_type_v2``: read as the tensor."""
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    t.ds_id = "0_4"
+    torch.save({"flat": [t]}, tmp_path / "f.pt")
+    found = torch_pickle.scan(tmp_path / "f.pt")
+    assert found.records == ()
+    got = torch_pickle.lazy(tmp_path / "f.pt", found)["flat"][0]
+    assert torch.equal(got.to_torch(), t) and got.file_range is not None
