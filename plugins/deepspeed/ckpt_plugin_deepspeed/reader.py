@@ -142,7 +142,7 @@ def master_weights(tag: Tag) -> dict[str, Tensor]:
     found: dict[str, Tensor] = {}
     buffers = set(states.get("buffer_names") or ())
     for name in buffers & set(module):
-        found[name] = _widened(module[name])
+        found[name] = zero.widened(module[name])  # as zero_to_fp32.py returns buffers
     frozen = states.get("frozen_param_shapes") or {}
     if tag.stage == 3:
         fragments = [states.get("frozen_param_fragments")]
@@ -179,13 +179,6 @@ def _second_names(module: dict[str, Tensor]) -> dict[str, str]:
         else:
             first[key] = name
     return aliases
-
-
-def _widened(t: Tensor) -> Tensor:
-    """A 16-bit float buffer as fp32 (exact), as ``zero_to_fp32.py`` returns buffers."""
-    if t.dtype not in ("BF16", "F16"):
-        return t
-    return Tensor.from_loader("F32", t.shape, t.to_float32)
 
 
 def _param_shapes(states: dict, where: Path) -> list[dict[str, tuple[int, ...]]]:

@@ -22,17 +22,20 @@ from typing import Any
 
 import numpy as np
 from ckpt_core import dtypes, torch_save
-from ckpt_core.errors import UsageError
+from ckpt_core.errors import LossyConversion, UsageError
 from ckpt_core.model import Checkpoint
 from ckpt_core.tensor import Tensor
 
 from . import folder as layout
+from . import pickles, zero
 
 DS_VERSION = "0.19.8"
 DTYPES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
-ZERO_STAGE = ("deepspeed.runtime.zero.config", "ZeroStageEnum")
-SCALER_MODULE = "deepspeed.runtime.fp16.loss_scaler"
-FRAGMENT = ("deepspeed.utils.tensor_fragment", "fragment_address")
+FLOATS = frozenset(DTYPES.values())  # widen exactly to the fp32 master weights
+# DeepSpeed's classes, as (module, name): the ones its reader reads as stand-ins
+ZERO_STAGE = tuple(pickles.ZERO_STAGE.rsplit(".", 1))
+SCALER_MODULE = pickles.SCALERS[0].rsplit(".", 1)[0]
+FRAGMENT = tuple(pickles.FRAGMENT.rsplit(".", 1))
 
 
 def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
@@ -56,6 +59,10 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
         if name not in ck.tensors or not all(isinstance(slots.get(k), Tensor) for k in ("exp_avg", "exp_avg_sq")):
             raise UsageError(f"writing DeepSpeed needs {name}'s weight and Adam moments (exp_avg, exp_avg_sq); "
                              "this checkpoint lacks them. Nothing was written.")
+        odd = [t.dtype for t in (ck.tensors[name], slots["exp_avg"], slots["exp_avg_sq"]) if t.dtype not in FLOATS]
+        if odd:
+            raise LossyConversion(f"{name} is {odd[0]}, and DeepSpeed keeps fp32 master weights and moments: pass "
+                                  f"--cast {odd[0]}=F32 to round it. Nothing was written.")
     tag = facts.get("tag") or f"global_step{ts.step if ts.step is not None else 0}"
     folder = path / tag
     path.mkdir()
@@ -81,13 +88,6 @@ def _config_dtype(config: dict) -> str:
         if isinstance(config.get(key), dict) and config[key].get("enabled"):
             return key
     return "fp32"
-
-
-def _f32(t: Tensor) -> Tensor:
-    """``t`` as fp32 (exact for 16-bit floats); the master weights and moments are fp32."""
-    if t.dtype == "F32":
-        return t
-    return Tensor.from_loader("F32", t.shape, t.to_float32)
 
 
 def _layout(numels: list[int], world: int) -> tuple[int, int]:
@@ -117,14 +117,14 @@ def _optimizer_file(ck: Checkpoint, groups: list[list[str]], world: int, rank: i
     opt = ck.train_state.optimizer
     fp32, slots, paddings, mappings = [], {}, [], []
     for g, names in enumerate(groups):
-        weights = [_f32(ck.tensors[n]) for n in names]
+        weights = [zero.widened(ck.tensors[n]) for n in names]
         fp32.append(_partition(weights, world, rank, keep_padding=False))
         size, pad = _layout([t.numel for t in weights], world)
         paddings.append(pad if rank == world - 1 else 0)
         first = opt.param_state[names[0]]
         slot = {"step": first.get("step", Tensor.from_numpy(np.float32(0)))}
         for key in ("exp_avg", "exp_avg_sq"):
-            slot[key] = _partition([_f32(opt.param_state[n][key]) for n in names], world, rank, keep_padding=True)
+            slot[key] = _partition([zero.widened(opt.param_state[n][key]) for n in names], world, rank, keep_padding=True)
         slots[g] = slot
         found, offset = {}, 0
         for n, t in zip(names, weights):

@@ -118,6 +118,13 @@ def assemble(pieces: Sequence[Piece], flats: Sequence[Sequence[Tensor]], shape: 
     return (parts[0] if len(parts) == 1 else Tensor.concat(parts)).reshape(shape)
 
 
+def widened(t: Tensor) -> Tensor:
+    """A 16-bit float tensor as fp32 (exact); any other as it is."""
+    if t.dtype not in ("BF16", "F16"):
+        return t
+    return Tensor.from_loader("F32", t.shape, t.to_float32)
+
+
 def split_frozen(fragments: Sequence[dict], shapes: dict, where: Path) -> dict[str, Tensor]:
     """ZeRO-3 frozen parameters: every rank's fragment in rank order, cut to the full size."""
     found = {}

@@ -6,12 +6,10 @@ run, both computed this session on data every rank shares."""
 
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 import torch
-from deepspeed_runs import HERE, torchrun
+from deepspeed_runs import torchrun
 
 import ckpt_core
 from ckpt_core.compare import differences
