@@ -19,7 +19,7 @@ from . import folder, reader, writer
 SPEC = FormatSpec(
     name=reader.NAME,
     description="a DeepSpeed ZeRO 0/1/2/3 save directory (latest -> tag) or tag folder, any world size",
-    capabilities=frozenset({"ties", "train_state", "optimizer_state"}),
+    capabilities=frozenset({"ties", "train_state", "optimizer_state", "trainable"}),
     patterns=("latest", "*/mp_rank_00_model_states.pt", "*/zero_pp_rank_*_mp_rank_00_model_states.pt",
               "*/[bf16_]zero_pp_rank_*_mp_rank_00_optim_states.pt"),
     options={"weights": "fp32 (default: the master weights, as zero_to_fp32.py gives them) or module (the module's own "

@@ -102,8 +102,11 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
     shared = {**(_second_names(_module(tag)) if tag.stage != 3 else {}), **(tag.states.get("shared_params") or {})}
     ties = {alias: owner for alias, owner in shared.items() if owner in tensors}
     tensors = {n: t for n, t in tensors.items() if n not in ties}
+    ts = train_state(tag)
+    # what training updates: the parameters with optimizer state (not frozen ones, not buffers)
+    trainable = tuple(n for n in tensors if n in ts.optimizer.param_state) if ts.optimizer else None
     return Checkpoint(
-        arch=graph.recognised_arch(tensors), tensors=tensors, ties=ties, train_state=train_state(tag),
+        arch=graph.recognised_arch(tensors), tensors=tensors, ties=ties, train_state=ts, trainable=trainable,
         layout=Layout(NAME, _variant(tag), {"tag": tag.folder.name, "weights": weights,
                                             "buffer_names": list(tag.states.get("buffer_names") or ())}),
     )

@@ -56,6 +56,7 @@ def test_master_weights_and_adam_moments_equal_the_engines(ds_runs, name):
     opt = ck.train_state.optimizer
     engine = expected(run)["params"]
     assert set(opt.param_state) == set(engine) == {n for n in ck.tensors if n not in ("scale", "frozen.weight", "frozen.bias")}
+    assert ck.trainable == tuple(n for n in ck.tensors if n in engine)
     for n, held in engine.items():
         assert torch.equal(ck.tensors[n].to_torch(), held["fp32"]), n
         for key in ("exp_avg", "exp_avg_sq"):
