@@ -58,10 +58,11 @@ def open_tag(path: Path) -> Tag:
         raise CorruptInput(f"{states_path}: not a DeepSpeed model-states dict")
     files = layout.rank_files(folder, "optim")
     if not files:
-        stage = (states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0) if isinstance(
-            states.get("ds_config"), dict) else 0
+        config = states.get("ds_config")
+        zero_config = config.get("zero_optimization") if isinstance(config, dict) else None
+        stage = zero_config.get("stage") if isinstance(zero_config, dict) else None
         world = states.get("dp_world_size")
-        return Tag(folder, states, [], stage if isinstance(stage, int) else 0, world if type(world) is int and world > 0 else 1)
+        return Tag(folder, states, [], stage if type(stage) is int else 0, world if type(world) is int and world > 0 else 1)
     optim = []
     for rank, f in files.items():
         top = pickles.load(f)
