@@ -553,3 +553,16 @@ def test_file_range_slices_and_rejoins_stay_file_ranges(tmp_path):
     path.write_bytes(b"\0" * 6 + words.tobytes()[:40])
     with pytest.raises(CorruptInput, match="truncated"):
         v.raw()
+
+
+def test_concat_of_file_ranges_streams_part_by_part(tmp_path):
+    """A concatenation along the outermost axis of ranges in different files (a ZeRO
+    parameter straddling two ranks) is streamed one part at a time, never joined in memory."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(bytes(range(16)))
+    b.write_bytes(bytes(range(100, 124)))
+    joined = Tensor.concat([Tensor.from_file(a, 4, "U8", (8,)), Tensor.from_file(b, 0, "U8", (24,))]).reshape(8, 4)
+    assert [p.file_range.path for p in joined.parts] == [a, b]
+    chunks = [bytes(c) for c in joined.iter_chunks(5)]
+    assert b"".join(chunks) == joined.tobytes() == bytes(range(4, 12)) + bytes(range(100, 124))
+    assert max(map(len, chunks)) == 5

@@ -211,3 +211,15 @@ def test_a_tensor_of_a_dtype_without_a_safetensors_name_is_corrupt_naming_the_fi
     torch.save({"w": torch.zeros(3, dtype=torch.complex128)}, tmp_path / "b.pt")
     with pytest.raises(CorruptInput, match=r"b\.pt: data\.pkl names a storage of torch\.ComplexDoubleStorage, which has no"):
         torchfile.load(tmp_path / "b.pt")
+
+
+def test_tensor_with_python_attributes_reads_as_the_tensor(tmp_path):
+    """torch pickles a tensor carrying attributes (DeepSpeed's ``ds_id`` on ZeRO-3
+    partitions) through ``torch._tensor._rebuild_from_type_v2``: read as the tensor."""
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    t.ds_id = "0_4"
+    torch.save({"flat": [t]}, tmp_path / "f.pt")
+    found = torchfile.scan(tmp_path / "f.pt")
+    assert found.records == ()
+    got = torchfile.lazy(tmp_path / "f.pt", found)["flat"][0]
+    assert torch.equal(torchfile.to_torch(got), t) and got.file_range is not None

@@ -236,6 +236,10 @@ class FormatSpec:
     - ``run_dirs``: True when the format lists checkpoints in a run directory.
     - ``extra_of``: other formats whose ``extra`` fields this one keeps as well as its own
       (formats of one plugin that carry the same files, such as a teacher's tokenizer).
+    - ``writes_any``: False when the writer needs what only a real run of the format has
+      (DeepSpeed: Adam moments for every trainable parameter), so it refuses most drawn
+      checkpoints: the generic round-trip properties (every pair, the conformance
+      suite's Hypothesis test) skip it, and the plugin's own tests prove its writes.
     """
 
     name: str
@@ -247,6 +251,7 @@ class FormatSpec:
     options: dict[str, str] = attrs.field(factory=dict)
     run_dirs: bool = False
     extra_of: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    writes_any: bool = True
 
     def holds_family(self, family: str) -> bool:
         return "*" in self.families or family in self.families

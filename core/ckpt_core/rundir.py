@@ -45,12 +45,13 @@ def latest(entries: list[RunEntry], run_dir: Path) -> RunEntry:
 
 
 def to_prune(entries: list[RunEntry], keep: int) -> list[RunEntry]:
-    """Complete entries beyond the newest ``keep``, sparing any tagged ``best``."""
+    """Complete entries beyond the newest ``keep``, sparing any tagged ``best`` or ``latest``
+    (the one a framework's own pointer names: DeepSpeed resumes from its ``latest`` file's tag)."""
     if keep < 1:
         raise UsageError(f"--keep must be at least 1 (the newest complete checkpoint is never deleted), not {keep}")
     complete = [e for e in ordered(entries) if e.complete]
     spared = complete[-keep:]
-    return [e for e in complete if e not in spared and "best" not in e.tags]
+    return [e for e in complete if e not in spared and not {"best", "latest"} & e.tags]
 
 
 def delete(entries: list[RunEntry]) -> None:

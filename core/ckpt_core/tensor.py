@@ -65,6 +65,9 @@ class Tensor:
     # None: the bytes are ``file_range``, read when asked
     _load: Callable[[], np.ndarray | bytes | memoryview] | None = attrs.field(alias="load")
     file_range: FileRange | None = None
+    # the tensors whose bytes, one after the other, are this one's (a concatenation along
+    # the outermost axis: a ZeRO parameter that straddles two ranks' files), streamed in turn
+    parts: tuple[Tensor, ...] = ()
 
     def __attrs_post_init__(self):
         if self.dtype not in dtypes.DTYPES:
@@ -172,7 +175,12 @@ class Tensor:
 
     def iter_chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[memoryview]:
         """The bytes in order, at most ``chunk_size`` at a time. A file range is read
-        piece by piece; anything else is materialised once and sliced."""
+        piece by piece, a concatenation part by part; anything else is materialised once
+        and sliced."""
+        if self.parts:
+            for part in self.parts:
+                yield from part.iter_chunks(chunk_size)
+            return
         if self.file_range is not None:
             rng = self.file_range
             with open(rng.path, "rb") as f:
@@ -213,7 +221,8 @@ class Tensor:
         shape = _infer_shape(self.shape, tuple(int(n) for n in shape))
         if shape == self.shape:
             return self
-        return Tensor(self.dtype, shape, load=lambda: self.raw().reshape(shape), file_range=self.file_range)
+        return Tensor(self.dtype, shape, load=lambda: self.raw().reshape(shape), file_range=self.file_range,
+                      parts=self.parts)
 
     def slice(self, axis: int, start: int, stop: int) -> Tensor:
         """Indices ``start:stop`` along ``axis``."""
@@ -268,13 +277,15 @@ class Tensor:
         if any(r != rest[0] for r in rest):
             raise ValueError("concat needs tensors that agree off the joined axis")
         shape = first.shape[:axis] + (sum(t.shape[axis] for t in tensors),) + first.shape[axis + 1:]
-        if math.prod(shape[:axis]) == 1:
+        outermost = math.prod(shape[:axis]) == 1
+        if outermost:
             joined = _adjacent_range(tensors, first.dtype, shape)
             if joined is not None:
                 return joined
         import numpy as np
 
-        return Tensor(first.dtype, shape, load=lambda: np.concatenate([t.raw() for t in tensors], axis=axis))
+        return Tensor(first.dtype, shape, load=lambda: np.concatenate([t.raw() for t in tensors], axis=axis),
+                      parts=tuple(tensors) if outermost else ())
 
 
 def _adjacent_range(tensors: Sequence[Tensor], dtype: str, shape: tuple[int, ...]) -> Tensor | None:

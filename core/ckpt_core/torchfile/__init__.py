@@ -7,7 +7,8 @@ One public face for readers and plugins (``from ckpt_core import torchfile``):
 - ``scan``/``lazy``/``stub_tensor``: the scanner's steps, for readers that look at a
   pickle's structure (``Scan``, ``TensorStub``, ``Record``) before loading it.
 - ``load_pickle``, ``from_torch``, ``to_torch``, ``tree_from_torch``: the torch-backed side.
-- ``save(obj, path)``: ``torch.save``'s zip format written without torch, tensor by tensor.
+- ``save(obj, path)``: ``torch.save``'s zip format written without torch, tensor by tensor;
+  ``Instance``, ``call`` and ``torch_dtype`` name classes in it without importing them.
 - ``is_zip``, ``members``, ``data_offset``, ``stored_records``, ``check_archive``: the zip
   archive, every local header checked against the central directory.
 
@@ -20,12 +21,12 @@ from .archive import VERIFY_OPTION, check_archive, data_offset, is_zip, members,
 from .names import LEGACY_STORAGES, TORCH_DTYPES, dtype_name
 from .reading import from_torch, import_torch, load, load_pickle, to_torch, tree_from_torch
 from .scanner import MAX_TENSORS, Record, Scan, TensorStub, is_plain, lazy, named_globals, python3_name, scan, stub_tensor
-from .writing import save
+from .writing import Instance, call, save, torch_dtype
 
 __all__ = [
     "VERIFY_OPTION", "check_archive", "data_offset", "is_zip", "members", "stored_records",
     "LEGACY_STORAGES", "TORCH_DTYPES", "dtype_name",
     "from_torch", "import_torch", "load", "load_pickle", "to_torch", "tree_from_torch",
     "MAX_TENSORS", "Record", "Scan", "TensorStub", "is_plain", "lazy", "named_globals", "python3_name", "scan",
-    "stub_tensor", "save",
+    "stub_tensor", "Instance", "call", "save", "torch_dtype",
 ]

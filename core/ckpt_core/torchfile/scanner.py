@@ -101,6 +101,17 @@ def _rebuild_tensor(storage, offset, shape, stride, *rest):
     return TensorStub(storage, offset, shape, stride, dtype)
 
 
+_TENSOR_TYPE = object()  # what ``torch.Tensor`` reads as: only ``_rebuild_from_type_v2`` takes it
+
+
+def _rebuild_from_type(func, new_type, args, state):
+    """A plain tensor that carries Python attributes (``state``: DeepSpeed's ``ds_id`` on
+    ZeRO-3 partitions): the tensor, attributes dropped. Only ``torch.Tensor`` itself."""
+    if new_type is not _TENSOR_TYPE or func is not _rebuild_tensor:
+        raise pickle.UnpicklingError(f"refusing _rebuild_from_type_v2 of {new_type!r}")
+    return func(*args)
+
+
 def _naturals(values) -> bool:
     """Whether every value is a non-negative int (what shapes, strides and offsets are)."""
     for v in values:
@@ -139,6 +150,8 @@ _SAFE = {
     ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): lambda data, *rest: data,
     ("torch._utils", "_rebuild_parameter_with_state"): lambda data, *rest: data,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+    ("torch", "Tensor"): _TENSOR_TYPE,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("_codecs", "encode"): lambda text, encoding="utf-8": _encode(text, encoding),
     ("builtins", "set"): set,

@@ -84,6 +84,29 @@ class _Call:
         self.args = args
 
 
+def call(module: str, name: str, *args) -> _Call:
+    """``module.name(*args)`` in the pickle, never imported here: for files another program
+    loads with its own classes (DeepSpeed's ``ZeroStageEnum(2)``). ``args`` are plain data."""
+    return _Call(_global(module, name), args)
+
+
+def torch_dtype(name: str) -> _Global:
+    """The torch dtype of safetensors dtype ``name`` in the pickle (``torch.float16``)."""
+    return _global("torch", TORCH_DTYPES[name])
+
+
+class Instance:
+    """An instance of the class ``module.name`` in the pickle, as pickle writes a plain
+    object (NEWOBJ, then BUILD with ``state``, its attributes), never imported here: for
+    files another program loads with its own classes (DeepSpeed's LossScaler). ``state``
+    is a dict of plain data and Tensors."""
+
+    def __init__(self, module: str, name: str, state: dict):
+        self.module = module
+        self.name = name
+        self.state = state
+
+
 class _Storage:
     """One storage record: the Tensor that fills it, and its key once the pickler gives it one."""
 
@@ -140,8 +163,17 @@ class _Pickler(pickle._Pickler):
         self.write(pickle.REDUCE)
         self.memoize(obj)
 
+    def save_instance(self, obj: Instance) -> None:
+        self.save(_global(obj.module, obj.name))
+        self.save(())
+        self.write(pickle.NEWOBJ)
+        self.memoize(obj)
+        self.save(obj.state)
+        self.write(pickle.BUILD)
+
     dispatch[_Global] = save_stand_in_global
     dispatch[_Call] = save_call
+    dispatch[Instance] = save_instance
 
 
 def _pickle(obj: Any) -> tuple[bytes, list[_Storage]]:
@@ -157,6 +189,8 @@ def _pickle(obj: Any) -> tuple[bytes, list[_Storage]]:
             return _Call(_global("_codecs", "encode"), (bytes(value).decode("latin1"), "latin1"))
         if isinstance(value, dict):
             return {swap(k): swap(v) for k, v in value.items()}
+        if isinstance(value, Instance):
+            return Instance(value.module, value.name, swap(value.state))
         if isinstance(value, list):
             return [swap(v) for v in value]
         if isinstance(value, tuple):

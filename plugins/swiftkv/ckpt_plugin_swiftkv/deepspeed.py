@@ -1,13 +1,10 @@
 """DeepSpeed resume state and run directories of SwiftKV training (ArcticTraining).
 
-A DeepSpeed output directory has a ``latest`` file naming a tag folder
-(``epoch_<E>_global_step_<N>`` or ``global_step<N>``) that holds
-``mp_rank_00_model_states.pt`` (ZeRO-3: ``zero_pp_rank_<r>_mp_rank_00_model_states.pt``)
-and the ZeRO optimizer partitions. The model-states pickle holds numpy and python RNG
-states, which plain ``weights_only`` loading refuses, so it is read with an allow-list of
-exactly the numpy globals such states need; any other global is refused by name, and
-nothing in the file runs. The HF engine instead writes ``global_step_<N>/`` model
-directories; the latest is the largest complete one.
+ArcticTraining's DeepSpeed output directory is read through ckpt-plugin-deepspeed (the
+``latest`` file, tag folders ``epoch_<E>_global_step_<N>``, the model-states pickle with
+its numpy and Python RNG states, nothing in it run). What is SwiftKV's stays here: a
+student's plan from its module's tensor names, the resume-state summary, and the HF
+engine's ``global_step_<N>/`` model directories (the latest is the largest complete one).
 """
 
 from __future__ import annotations
@@ -16,73 +13,39 @@ import re
 from pathlib import Path
 from typing import Any
 
+import ckpt_plugin_deepspeed as ds
 from ckpt_core import (Arch, Checkpoint, CkptError, CorruptInput, Detection, NotFound, OptimizerState, RunEntry,
-                       TrainState, UnsafeInput)
+                       TrainState)
 from ckpt_core.model import Layout
 from ckpt_core.safetensors_io import read_header, read_index
-from ckpt_core.torchfile import from_torch, is_zip, load_pickle, tree_from_torch
+from ckpt_core.tensor import Tensor
+from ckpt_core.torchfile import is_zip, scan
 
 from . import hfdir, swiftkv
 from .config import EMBED, LM_HEAD, TIE, ordered
 from .families import FAMILIES, NORM_SWIFTKV, family_of_names
 
-LATEST = "latest"
-MODEL_STATES = "mp_rank_00_model_states.pt"
-ZERO3_STATES = "zero_pp_rank_{r}_mp_rank_00_model_states.pt"
-TAG = re.compile(r"(?:epoch_(\d+)_)?global_step_?(\d+)")
+tag_folder = ds.tag_folder
 HF_STEP = re.compile(r"global_step_(\d+)")
 
 
-def allowed_globals() -> list:
-    """What numpy's (and python's) RNG states need to unpickle: arrays, dtypes and scalars,
-    under numpy 2's module names and numpy 1's."""
-    import numpy as np
-
-    multiarray = np._core.multiarray
-    return [
-        *((multiarray._reconstruct, f"{m}.multiarray._reconstruct") for m in ("numpy._core", "numpy.core")),
-        *((multiarray.scalar, f"{m}.multiarray.scalar") for m in ("numpy._core", "numpy.core")),
-        (np.ndarray, "numpy.ndarray"),
-        (np.dtype, "numpy.dtype"),
-        *((type(np.dtype(t)), f"numpy.dtypes.{type(np.dtype(t)).__name__}")
-          for t in (np.uint32, np.int64, np.float64, np.float32, np.bool_)),
-    ]
-
-
-def model_states(folder: Path) -> Path | None:
-    """The rank-0 model-states file of a tag folder, or None."""
-    for name in (MODEL_STATES, ZERO3_STATES.format(r=0)):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def tag_folder(path: Path) -> Path | None:
-    """The tag folder ``path`` is, or the one its ``latest`` file names; None if neither."""
-    if not path.is_dir():
-        return None
-    latest = path / LATEST
-    if latest.is_file() and latest.stat().st_size < 4096:
-        tag = latest.read_text(encoding="utf-8", errors="replace").strip()
-        if not tag or tag in (".", "..") or "/" in tag or "\\" in tag or "\0" in tag:
-            raise UnsafeInput(f"{latest}: names {tag!r}, which is not a folder name in {path}")
-        if model_states(path / tag) is None:
-            raise NotFound(f"{latest}: names tag {tag!r}, but {path / tag} has no {MODEL_STATES}")
-        return path / tag
-    return path if model_states(path) is not None else None
-
-
 def detect(path: Path, fmt: str) -> Detection | None:
+    """A DeepSpeed directory whose module holds SwiftKV tensors (read off the pickle's
+    structure, no tensor data); any other DeepSpeed directory is the deepspeed plugin's."""
     folder = tag_folder(path)
     if folder is None:
         return None
+    states = scan(ds.model_states(folder)).obj
+    module = states.get("module") if isinstance(states, dict) else None
+    if not isinstance(module, dict) or not any(isinstance(n, str) and "swiftkv" in n for n in module):
+        return None
     what = f"DeepSpeed output directory, latest tag {folder.name}" if folder != path else f"DeepSpeed tag folder {path.name}"
-    return Detection(fmt, 0.6, f"{what} ({model_states(folder).name}): SwiftKV training resume state", path)
+    return Detection(fmt, 0.9, f"{what}: a SwiftKV student's training resume state", path)
 
 
 def load_states(folder: Path) -> dict:
-    path = model_states(folder)
-    states = load_pickle(path, allowed_globals=allowed_globals())
+    path = ds.model_states(folder)
+    states = ds.load(path)
     if not isinstance(states, dict):
         raise CorruptInput(f"{path}: not a DeepSpeed model-states dict")
     return states
@@ -93,22 +56,22 @@ def train_state(path: Path, states: dict | None = None) -> TrainState:
     states, ZeRO stage and world sizes (weights are not read)."""
     folder = tag_folder(path)
     states = load_states(folder) if states is None else states
-    m = TAG.fullmatch(folder.name)
-    ds_config = tree_from_torch(states.get("ds_config")) if isinstance(states.get("ds_config"), dict) else {}
+    m = ds.TAG.fullmatch(folder.name)
+    ds_config = states.get("ds_config") if isinstance(states.get("ds_config"), dict) else {}
     zero = ds_config.get("zero_optimization")
     optim_files = sorted(p.name for p in folder.glob("*optim_states.pt"))
     optimizer = None
     if optim_files or states.get("optimizer") is not None:
         optimizer = OptimizerState(kind="deepspeed", resumable=False, extra={
-            "files": optim_files, "state_dict": tree_from_torch(states.get("optimizer"))})
-    rng = {key: tree_from_torch(states[name]) for key, name in (("torch", "torch_random_state"), ("numpy", "np_random_state"),
+            "files": optim_files, "state_dict": states.get("optimizer")})
+    rng = {key: states[name] for key, name in (("torch", "torch_random_state"), ("numpy", "np_random_state"),
                                                         ("python", "python_random_state")) if name in states}
     step = states.get("global_step", states.get("global_steps"))
     return TrainState(
         step=step if isinstance(step, int) else int(m.group(2)) if m else None,
         epoch=int(m.group(1)) if m and m.group(1) else None,
         optimizer=optimizer,
-        scheduler=tree_from_torch(states.get("lr_scheduler")),
+        scheduler=states.get("lr_scheduler"),
         rng=rng or None,
         config=ds_config,
         extra={
@@ -116,7 +79,7 @@ def train_state(path: Path, states: dict | None = None) -> TrainState:
             "zero_stage": zero.get("stage") if isinstance(zero, dict) else None,
             "optimizer_present": optimizer is not None,
             "scheduler_present": states.get("lr_scheduler") is not None,
-            **{k: tree_from_torch(states[k]) for k in ("global_steps", "global_samples", "skipped_steps", "dp_world_size",
+            **{k: states[k] for k in ("global_steps", "global_samples", "skipped_steps", "dp_world_size",
                                                "mp_world_size", "ds_version", "end_of_epoch", "wandb_run_id") if k in states},
         },
     )
@@ -128,16 +91,14 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
     states = load_states(folder)
     module = states.get("module")
     if not isinstance(module, dict) or not module:
-        raise NotFound(f"{model_states(folder)}: no module state dict (ZeRO-3 keeps only partitions); its train state "
+        raise NotFound(f"{ds.model_states(folder)}: no module state dict (ZeRO-3 keeps only partitions); its train state "
                        "is still readable, and the HF-engine global_step_N folders hold the weights")
-    import torch
-
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in module.items()):
-        raise CorruptInput(f"{model_states(folder)}: module is not a mapping of names to tensors")
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in module.items()):
+        raise CorruptInput(f"{ds.model_states(folder)}: module is not a mapping of names to tensors")
     ties = {}
     if LM_HEAD in module and EMBED in module and _shared(module[LM_HEAD], module[EMBED]):
         ties = dict(TIE)
-    tensors = {n: from_torch(t) for n, t in module.items() if n not in ties}
+    tensors = {n: t for n, t in module.items() if n not in ties}
     family = family_of_names(tensors)
     params = FAMILIES[family].derive_params({n: t.shape for n, t in tensors.items()})
     plan = _plan(tensors, options)
@@ -152,8 +113,9 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
     )
 
 
-def _shared(a, b) -> bool:
-    return a.shape == b.shape and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+def _shared(a: Tensor, b: Tensor) -> bool:
+    """Whether two module entries are one tensor (the same bytes of the file)."""
+    return a is b or (a.shape == b.shape and a.file_range is not None and a.file_range == b.file_range)
 
 
 def _plan(tensors: dict, options: dict[str, Any]) -> swiftkv.Plan | None:
@@ -185,21 +147,12 @@ def _plan(tensors: dict, options: dict[str, Any]) -> swiftkv.Plan | None:
 
 def list_run(run_dir: Path) -> list[RunEntry] | None:
     """HF-engine ``global_step_<N>/`` model folders and DeepSpeed tag folders; None if none."""
-    entries = []
-    latest_tag = None
-    if (run_dir / LATEST).is_file():
-        latest_tag = (run_dir / LATEST).read_text(encoding="utf-8", errors="replace").strip()
+    entries = list(ds.list_run(run_dir) or ())
+    tags = {e.path for e in entries}
     for p in sorted(run_dir.iterdir()):
-        if not p.is_dir():
-            continue
-        if m := HF_STEP.fullmatch(p.name):
+        if (m := HF_STEP.fullmatch(p.name)) and p.is_dir() and p not in tags:
             complete, note = _hf_complete(p)
-        elif (m := TAG.fullmatch(p.name)) and (latest_tag is not None or model_states(p) is not None):
-            complete, note = _tag_complete(p)
-        else:
-            continue
-        tags = frozenset({"latest"}) if p.name == latest_tag else frozenset()
-        entries.append(RunEntry(p, int(m.group(m.lastindex)), complete, (p,), tags, note))
+            entries.append(RunEntry(p, int(m.group(1)), complete, (p,), frozenset(), note))
     return entries or None
 
 
@@ -218,13 +171,4 @@ def _hf_complete(folder: Path) -> tuple[bool, str]:
                 return False, f"{f.name} is not a whole torch file"
     except CkptError as e:
         return False, str(e)
-    return True, ""
-
-
-def _tag_complete(folder: Path) -> tuple[bool, str]:
-    states = model_states(folder)
-    if states is None:
-        return False, f"no {MODEL_STATES}"
-    if not is_zip(states):
-        return False, f"{states.name} is not a whole torch file (interrupted save?)"
     return True, ""
