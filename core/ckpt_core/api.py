@@ -122,6 +122,9 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
         ck = transforms.merge_adapters(ck)
     ck = losses.apply_allowed(ck, spec, allow_loss)
     ck.validate()
+    if not spec.writes:
+        raise UsageError(f"ckpt-core reads format {format!r} but cannot write it yet; convert to another format "
+                         "instead (`ckpt-core plugins` lists them). Nothing was written.")
     with progress.bar(ck.nbytes, f"writing {format}", enabled=show_progress), atomic.atomic_output(path, overwrite) as tmp:
         written = _call(reg.hook.from_canonical, format, checkpoint=ck, path=tmp, options=opts)
         if not written:

@@ -216,12 +216,20 @@ def scan(path: Path) -> Scan:
             data = zf.read(member)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:  # an unknown zip version
         raise CorruptInput(f"{path}: not a readable torch zip pickle ({e})") from None
+    obj, records = scan_bytes(data, f"{path}: data.pkl")
+    return Scan(obj, records, member.rsplit("/", 1)[0])
+
+
+def scan_bytes(data: bytes, where: str) -> tuple[Any, tuple[str, ...]]:
+    """Unpickle the bare pickle ``data`` inertly, as ``scan`` does a zip's ``data.pkl``: the
+    object, and the names of the classes left inert Records. CorruptInput naming ``where``
+    if the pickle is damaged."""
     unpickler = _Unpickler(data)
     try:
         obj = unpickler.load()
     except Exception as e:  # any malformed pickle: the file is damaged, nothing ran
-        raise CorruptInput(f"{path}: damaged pickle in data.pkl ({type(e).__name__}: {e})") from None
-    return Scan(obj, tuple(sorted(unpickler.records)), member.rsplit("/", 1)[0])
+        raise CorruptInput(f"{where}: damaged pickle ({type(e).__name__}: {e})") from None
+    return obj, tuple(sorted(unpickler.records))
 
 
 def named_globals(path: Path) -> list[str]:

@@ -1,0 +1,48 @@
+"""The ckpt-core hooks of ckpt-plugin-dcp: the ``dcp`` format (read only, for now)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ckpt_core import Detection, FormatSpec, hookimpl
+
+from . import metadata, reader
+
+SPEC = FormatSpec(
+    name=reader.NAME,
+    description="a torch.distributed.checkpoint directory (.metadata + __R_N.distcp: FSDP2, torchtitan), read only",
+    capabilities=frozenset({"train_state", "optimizer_state"}),
+    patterns=(".metadata", "__*_*.distcp"),
+    writes=False,
+)
+
+
+@hookimpl
+def ckpt_formats():
+    return [SPEC]
+
+
+@hookimpl
+def detect(path: Path):
+    if not path.is_dir() or not (path / metadata.NAME).is_file():
+        return None
+    with open(path / metadata.NAME, "rb") as f:
+        if f.read(1) != b"\x80":  # a pickle of protocol 2 or later, as torch writes
+            return None
+    shards = sum(1 for p in path.glob("*.distcp"))
+    return Detection(reader.NAME, 0.95, f"torch.distributed.checkpoint directory: .metadata and {shards} .distcp files", path)
+
+
+@hookimpl
+def to_canonical(path: Path, format: str, options: dict[str, Any]):
+    if format != reader.NAME:
+        return None
+    return reader.read(path)
+
+
+@hookimpl
+def train_state(path: Path, format: str):
+    if format != reader.NAME:
+        return None
+    return reader.read(path, with_tensors=False).train_state

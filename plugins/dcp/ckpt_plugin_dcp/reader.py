@@ -1,0 +1,80 @@
+"""A DCP directory as a canonical Checkpoint: model tensors, optimizer state, the rest.
+
+Where each flat key came from is the metadata's ``planner_data`` path (the nested dict
+``dcp.save`` was given), so names are never guessed from dots:
+
+- ``("model", fqn)``: a model tensor named ``fqn`` (``get_state_dict``'s names, which for a
+  transformers model are its own: ``model.layers.0...``, ``lm_head.weight``); a checkpoint
+  saved flat (``dcp.save(model.state_dict())``) has paths ``(fqn,)`` instead.
+- ``("optim", "state", fqn, slot)``: the optimizer's ``slot`` (``exp_avg``, ``exp_avg_sq``,
+  ``step``) of parameter ``fqn``; ``("optim", "param_groups", i, key)``: group ``i``'s ``key``
+  (``params`` holds parameter names).
+- anything else (torchtitan's ``train_state``, ``dataloader``, ``lr_scheduler``, a model's
+  non-tensor values): kept in the train state's ``extra`` at its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ckpt_core import Checkpoint, CorruptInput, Layout, OptimizerState, Tensor, TrainState
+from ckpt_core.graph import recognised_arch
+
+from . import metadata
+from .items import Items
+
+NAME = "dcp"
+MODEL, OPTIM = "model", "optim"
+
+
+def read(directory: Path, with_tensors: bool = True) -> Checkpoint:
+    """The checkpoint in ``directory`` (tensors lazy; with ``with_tensors`` False, only what
+    the train state needs is read, for the ``train_state`` hook)."""
+    entries = metadata.read(directory)
+    items = Items(directory)
+    prefixed = any(e.path[0] == MODEL and len(e.path) > 1 for e in entries)
+    tensors: dict[str, Tensor] = {}
+    param_state: dict[str, dict[str, Any]] = {}
+    groups: dict[int, dict[str, Any]] = {}
+    optim_extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for e in entries:
+        path = e.path
+        if e.dtype is not None and ((prefixed and path[0] == MODEL and len(path) > 1) or (not prefixed and len(path) == 1)):
+            if with_tensors:
+                tensors[".".join(map(str, path[1:] if prefixed else path))] = items.tensor(e)
+            continue
+        value = items.tensor(e) if e.dtype is not None else items.value(e)
+        if path[0] == OPTIM and len(path) == 4 and path[1] == "state":
+            param_state.setdefault(str(path[2]), {})[str(path[3])] = value
+        elif path[0] == OPTIM and len(path) == 4 and path[1] == "param_groups" and type(path[2]) is int:
+            groups.setdefault(path[2], {})[str(path[3])] = value
+        elif path[0] == OPTIM:
+            _put(optim_extra, path[1:], value, directory)
+        else:
+            _put(extra, path, value, directory)
+    if sorted(groups) != list(range(len(groups))):
+        raise CorruptInput(f"{directory / metadata.NAME}: optimizer param groups {sorted(groups)} are not 0..{len(groups) - 1}")
+    optimizer = None
+    if param_state or groups or optim_extra:
+        kind = "adamw" if any("exp_avg_sq" in s for s in param_state.values()) else ""
+        optimizer = OptimizerState(kind=kind, param_state=param_state, groups=[groups[i] for i in range(len(groups))],
+                                   extra=optim_extra)
+    train_state = TrainState(optimizer=optimizer, extra=extra) if optimizer or extra else None
+    layout = Layout(NAME, "prefixed" if prefixed else "flat", {"files": sorted({c.storage.relative_path for e in entries
+                                                                              for c in e.chunks})})
+    return Checkpoint(arch=recognised_arch(tensors), tensors=tensors, train_state=train_state, layout=layout)
+
+
+def _put(tree: dict[str, Any], path: tuple[Any, ...], value: Any, directory: Path) -> None:
+    """Set ``value`` at ``path`` of a nested dict (keys as strings, as JSON-like state is)."""
+    *parents, last = [str(p) for p in path]
+    node = tree
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise CorruptInput(f"{directory / metadata.NAME}: {'.'.join(map(str, path))} lies under a value")
+    if last in node:
+        raise CorruptInput(f"{directory / metadata.NAME}: {'.'.join(map(str, path))} is stored twice")
+    node[last] = value
