@@ -14,6 +14,8 @@ SPEC = FormatSpec(
     description="a torch.distributed.checkpoint directory (.metadata + __R_N.distcp: FSDP2, torchtitan), read only",
     capabilities=frozenset({"train_state", "optimizer_state"}),
     patterns=(".metadata", "__*_*.distcp"),
+    options={"params": "hyper-parameters the tensors cannot show, merged over the recognised ones, as "
+                       "{'n_head': 32, 'n_kv_head': 8} (DCP keeps no config; --to hf needs the heads)"},
     writes=False,
 )
 
@@ -38,7 +40,7 @@ def detect(path: Path):
 def to_canonical(path: Path, format: str, options: dict[str, Any]):
     if format != reader.NAME:
         return None
-    return reader.read(path)
+    return reader.read(path, params=options.get("params") or {})
 
 
 @hookimpl

@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import Checkpoint, CorruptInput, Layout, OptimizerState, Tensor, TrainState
+import attrs
+from ckpt_core import Checkpoint, CorruptInput, Layout, OptimizerState, Tensor, TrainState, UsageError
 from ckpt_core.graph import recognised_arch
 
 from . import metadata
@@ -28,9 +29,12 @@ NAME = "dcp"
 MODEL, OPTIM = "model", "optim"
 
 
-def read(directory: Path, with_tensors: bool = True) -> Checkpoint:
+def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | None = None) -> Checkpoint:
     """The checkpoint in ``directory`` (tensors lazy; with ``with_tensors`` False, only what
-    the train state needs is read, for the ``train_state`` hook)."""
+    the train state needs is read, for the ``train_state`` hook). ``params`` are
+    hyper-parameters the user states, over those recognised from the tensors."""
+    if not isinstance(params or {}, dict):
+        raise UsageError(f"--option params must be a mapping such as {{'n_head': 32}}, not {params!r}")
     entries = metadata.read(directory)
     items = Items(directory)
     prefixed = any(e.path[0] == MODEL and len(e.path) > 1 for e in entries)
@@ -64,7 +68,9 @@ def read(directory: Path, with_tensors: bool = True) -> Checkpoint:
     train_state = TrainState(optimizer=optimizer, extra=extra) if optimizer or extra else None
     layout = Layout(NAME, "prefixed" if prefixed else "flat", {"files": sorted({c.storage.relative_path for e in entries
                                                                               for c in e.chunks})})
-    return Checkpoint(arch=recognised_arch(tensors), tensors=tensors, train_state=train_state, layout=layout)
+    arch = recognised_arch(tensors)
+    arch = attrs.evolve(arch, params={**arch.params, **(params or {})})
+    return Checkpoint(arch=arch, tensors=tensors, train_state=train_state, layout=layout)
 
 
 def _put(tree: dict[str, Any], path: tuple[Any, ...], value: Any, directory: Path) -> None:
