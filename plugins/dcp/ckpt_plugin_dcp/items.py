@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ckpt_core import CorruptInput, Tensor, dtypes
+from ckpt_core import CorruptInput, NotFound, Tensor, dtypes
 from ckpt_core.torch_io import data_offset
 from ckpt_core.torch_pickle import MAX_PICKLE_BYTES, TensorStub, pickle_member, scan_bytes
 
@@ -65,7 +65,7 @@ class Items:
         path = self.directory / st.relative_path
         if st.relative_path not in self.sizes:
             if path.is_symlink() or not path.is_file():
-                raise CorruptInput(f"{path}: missing (the metadata stores {key!r} there)")
+                raise NotFound(f"{path}: missing (the checkpoint's metadata stores {key!r} there)")
             self.sizes[st.relative_path] = path.stat().st_size
         if st.offset + st.length > self.sizes[st.relative_path]:
             raise CorruptInput(f"{path}: the item of {key!r} at {st.offset}+{st.length} reaches past the file's end "
