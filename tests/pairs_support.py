@@ -1,8 +1,7 @@
 """What ``test_pairs.py`` needs to know about each installed format, in one place.
 
-- ``triples()``: every ordered pair (A, B) of installed formats that ckpt-core writes,
-  A != B, with every family both hold, computed from the registry: a new plugin adds rows
-  with no edit.
+- ``triples()``: every ordered pair (A, B) of installed formats, A != B, with every family
+  both hold, computed from the registry: a new plugin adds rows with no edit.
 - ``destination(format)``: a path name each format's writer accepts (a directory name for
   any format not in the table).
 - ``source_checkpoints(format, family)``: canonical checkpoints format A can hold as they
@@ -51,15 +50,9 @@ def destination(format: str) -> str:
     return DESTINATIONS.get(format, DEFAULT_DESTINATION)
 
 
-def written_formats() -> dict:
-    """The installed formats ckpt-core writes (a read-only one is neither A nor B: its
-    conformance test checks that writing it is refused)."""
-    return {name: spec for name, spec in registry().formats.items() if spec.writes}
-
-
 def triples() -> list[tuple[str, str, str]]:
-    """(A, B, family) for every ordered pair of written formats and family both hold."""
-    formats = written_formats()
+    """(A, B, family) for every ordered pair of installed formats and family both hold."""
+    formats = registry().formats
     held = {name: spec_families(spec) for name, spec in formats.items()}
     return [(a, b, family) for a in sorted(formats) for b in sorted(formats) if a != b
             for family in held[a] if family in held[b]]

@@ -86,13 +86,6 @@ def check_options(spec: FormatSpec, options: Mapping[str, Any] | None) -> dict[s
     return options
 
 
-def _check_writes(spec: FormatSpec) -> None:
-    """UsageError for a format its plugin only reads (before anything is read or written)."""
-    if not spec.writes:
-        raise UsageError(f"ckpt-core reads format {spec.name!r} but cannot write it yet; convert to another format "
-                         "instead (`ckpt-core plugins` lists them). Nothing was written.")
-
-
 def load(path: Path | str, format: str | None = None, options: Mapping[str, Any] | None = None) -> Checkpoint:
     """Read a checkpoint (format detected unless given) as a lazy canonical Checkpoint."""
     path = _existing(path)
@@ -123,7 +116,6 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
     spec = reg.spec(format)
     opts = check_options(spec, options)
     atomic.check_destination(path, overwrite)
-    _check_writes(spec)
     if cast:
         ck = transforms.cast(ck, cast)
     if merge_adapters:
@@ -147,7 +139,6 @@ def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any
     reg = registry()
     target = reg.spec(to)
     atomic.check_destination(dst, overwrite)
-    _check_writes(target)
     source = reg.spec(resolve_format(src, from_format))
     options = dict(options or {})
     unknown = sorted(set(options) - set(source.options) - set(target.options))

@@ -217,7 +217,6 @@ class FormatSpec:
     - ``run_dirs``: True when the format lists checkpoints in a run directory.
     - ``extra_of``: other formats whose ``extra`` fields this one keeps as well as its own
       (formats of one plugin that carry the same files, such as a teacher's tokenizer).
-    - ``writes``: False for a format its plugin only reads; writing it is refused.
     """
 
     name: str
@@ -229,7 +228,6 @@ class FormatSpec:
     options: dict[str, str] = attrs.field(factory=dict)
     run_dirs: bool = False
     extra_of: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
-    writes: bool = True
 
     def holds_family(self, family: str) -> bool:
         return "*" in self.families or family in self.families

@@ -111,7 +111,10 @@ class Items:
 
     def tensor(self, entry: Entry) -> Tensor:
         """The whole tensor of ``entry``, lazy: its chunks joined exactly."""
-        parts = [(c, self.chunk(entry, c)) for c in entry.chunks if math.prod(c.sizes)]
+        parts = [(c, self.chunk(entry, c)) for c in entry.chunks]
+        if math.prod(entry.size) == 0:
+            return Tensor.from_bytes(b"", entry.dtype, entry.size)
+        parts = [(c, t) for c, t in parts if t.nbytes]
         if len(parts) == 1 and parts[0][0].sizes == entry.size:
             return parts[0][1]
         if all(c.sizes[1:] == entry.size[1:] for c, _ in parts) and len(entry.size) > 0:

@@ -1,4 +1,4 @@
-"""The ckpt-core hooks of ckpt-plugin-dcp: the ``dcp`` format (read only, for now)."""
+"""The ckpt-core hooks of ckpt-plugin-dcp: the ``dcp`` format."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from typing import Any
 
 from ckpt_core import Detection, FormatSpec, hookimpl
 
-from . import metadata, reader
+from . import metadata, reader, writer
 
 SPEC = FormatSpec(
     name=reader.NAME,
-    description="a torch.distributed.checkpoint directory (.metadata + __R_N.distcp: FSDP2, torchtitan), read only",
+    description="a torch.distributed.checkpoint directory (.metadata + __R_N.distcp: FSDP2, torchtitan)",
     capabilities=frozenset({"train_state", "optimizer_state"}),
     patterns=(".metadata", "__*_*.distcp"),
     options={"params": "hyper-parameters the tensors cannot show, merged over the recognised ones, as "
-                       "{'n_head': 32, 'n_kv_head': 8} (DCP keeps no config; --to hf needs the heads)"},
-    writes=False,
+                       "{'n_head': 32, 'n_kv_head': 8} (DCP keeps no config; --to hf needs the heads)",
+             "world_size": "writing: the ranks to shard dim 0 across, as FSDP2 does (default 1)"},
 )
 
 
@@ -48,3 +48,11 @@ def train_state(path: Path, format: str):
     if format != reader.NAME:
         return None
     return reader.read(path, with_tensors=False).train_state
+
+
+@hookimpl
+def from_canonical(checkpoint, path: Path, format: str, options: dict[str, Any]):
+    if format != reader.NAME:
+        return None
+    writer.write(checkpoint, path, options)
+    return True

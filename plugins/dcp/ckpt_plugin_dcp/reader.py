@@ -9,6 +9,8 @@ Where each flat key came from is the metadata's ``planner_data`` path (the neste
 - ``("optim", "state", fqn, slot)``: the optimizer's ``slot`` (``exp_avg``, ``exp_avg_sq``,
   ``step``) of parameter ``fqn``; ``("optim", "param_groups", i, key)``: group ``i``'s ``key``
   (``params`` holds parameter names).
+- ``("ckpt_core",)``: what ckpt-core wrote and DCP has no place for (the family and its
+  hyper-parameters, the train state's step, epoch, ..., the optimizer's kind), one value.
 - anything else (torchtitan's ``train_state``, ``dataloader``, ``lr_scheduler``, a model's
   non-tensor values): kept in the train state's ``extra`` at its path.
 """
@@ -19,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from ckpt_core import Checkpoint, CorruptInput, Layout, OptimizerState, Tensor, TrainState, UsageError
+from ckpt_core import Arch, Checkpoint, CorruptInput, Layout, OptimizerState, Tensor, TrainState, UsageError
 from ckpt_core.graph import recognised_arch
 
 from . import metadata
 from .items import Items
 
 NAME = "dcp"
-MODEL, OPTIM = "model", "optim"
+MODEL, OPTIM, OWN = "model", "optim", "ckpt_core"
+TRAIN_FIELDS = ("step", "epoch", "best_metric", "metrics", "scheduler", "rng", "data_position", "config")
 
 
 def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | None = None) -> Checkpoint:
@@ -43,6 +46,7 @@ def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | No
     groups: dict[int, dict[str, Any]] = {}
     optim_extra: dict[str, Any] = {}
     extra: dict[str, Any] = {}
+    own: dict[str, Any] = {}
     for e in entries:
         path = e.path
         if e.dtype is not None and ((prefixed and path[0] == MODEL and len(path) > 1) or (not prefixed and len(path) == 1)):
@@ -56,21 +60,45 @@ def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | No
             groups.setdefault(path[2], {})[str(path[3])] = value
         elif path[0] == OPTIM:
             _put(optim_extra, path[1:], value, directory)
+        elif path == (OWN,):
+            own = _own(value, directory)
         else:
             _put(extra, path, value, directory)
     if sorted(groups) != list(range(len(groups))):
         raise CorruptInput(f"{directory / metadata.NAME}: optimizer param groups {sorted(groups)} are not 0..{len(groups) - 1}")
     optimizer = None
-    if param_state or groups or optim_extra:
+    stated = own.get("optimizer") or {}
+    if param_state or groups or optim_extra or stated:
         kind = "adamw" if any("exp_avg_sq" in s for s in param_state.values()) else ""
-        optimizer = OptimizerState(kind=kind, param_state=param_state, groups=[groups[i] for i in range(len(groups))],
-                                   extra=optim_extra)
-    train_state = TrainState(optimizer=optimizer, extra=extra) if optimizer or extra else None
+        optimizer = OptimizerState(kind=stated.get("kind", kind), param_state=param_state,
+                                   groups=[groups[i] for i in range(len(groups))], resumable=stated.get("resumable", True),
+                                   extra={**optim_extra, **stated.get("extra", {})})
+    fields = own.get("train_state") or {}
+    extra = {**extra, **own.get("extra", {})}
+    train_state = None
+    if optimizer or extra or own.get("train_state") is not None:
+        train_state = TrainState(**fields, optimizer=optimizer, extra=extra)
     layout = Layout(NAME, "prefixed" if prefixed else "flat", {"files": sorted({c.storage.relative_path for e in entries
                                                                               for c in e.chunks})})
-    arch = recognised_arch(tensors)
+    stated_arch = own.get("arch")
+    arch = Arch(stated_arch["family"], stated_arch["params"]) if stated_arch else recognised_arch(tensors)
     arch = attrs.evolve(arch, params={**arch.params, **(params or {})})
     return Checkpoint(arch=arch, tensors=tensors, train_state=train_state, layout=layout)
+
+
+def _own(value: Any, directory: Path) -> dict[str, Any]:
+    """The ``ckpt_core`` value ckpt-core's writer stores, checked field by field."""
+    arch, opt, fields, extra = (value.get(k) if isinstance(value, dict) else None
+                                for k in ("arch", "optimizer", "train_state", "extra"))
+    ok = isinstance(value, dict) and (
+        arch is None or (isinstance(arch, dict) and isinstance(arch.get("family"), str) and isinstance(arch.get("params"), dict))
+    ) and (opt is None or (isinstance(opt, dict) and isinstance(opt.get("kind"), str)
+                           and isinstance(opt.get("resumable"), bool) and isinstance(opt.get("extra"), dict))
+    ) and (fields is None or (isinstance(fields, dict) and set(fields) <= set(TRAIN_FIELDS))
+    ) and (extra is None or isinstance(extra, dict))
+    if not ok:
+        raise CorruptInput(f"{directory / metadata.NAME}: the {OWN!r} value is not what ckpt-core writes there")
+    return value
 
 
 def _put(tree: dict[str, Any], path: tuple[Any, ...], value: Any, directory: Path) -> None:

@@ -12,11 +12,13 @@ On 2 ranks (gloo, CPU), for a tiny Llama (odd sizes, so shards are uneven):
 
 Beside each, ``OUT/<name>.full.pt`` holds what the run itself gathered: the full tensors
 (``model``), the full optimizer state (``optim``) and the rest, as plain ``torch.save``,
-and ``OUT/config.json`` the model's config, so a test can compare bit for bit.
+and ``OUT/config.json`` the model's config, so a test can compare bit for bit;
+``OUT/fsdp2.losses.json`` what the FSDP2 run computed next (``next_losses``).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -45,12 +47,30 @@ def train_step(m: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
     opt.zero_grad()
 
 
-def fsdp2(out: Path, rank: int, world: int) -> None:
+def next_losses(m: torch.nn.Module, opt: torch.optim.Optimizer) -> list[str]:
+    """What a resumed run computes next: the loss of a new batch, then (after a step that
+    uses the AdamW state) that batch's loss again; as float.hex, to compare exactly."""
+    ids = torch.arange(24).reshape(2, 12) * 5 % CONFIG["vocab_size"]
+    first = m(input_ids=ids, labels=ids).loss
+    first.backward()
+    opt.step()
+    opt.zero_grad()
+    with torch.no_grad():
+        second = m(input_ids=ids, labels=ids).loss
+    return [first.item().hex(), second.item().hex()]
+
+
+def sharded(m: LlamaForCausalLM, world: int) -> LlamaForCausalLM:
+    """``m`` under FSDP2: every block, then the root, over a 1-D mesh of ``world`` ranks."""
     mesh = init_device_mesh("cpu", (world,))
-    m = model()
     for block in m.model.layers:
         fully_shard(block, mesh=mesh)
     fully_shard(m, mesh=mesh)
+    return m
+
+
+def fsdp2(out: Path, rank: int, world: int) -> None:
+    m = sharded(model(), world)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
     train_step(m, opt)
     msd, osd = get_state_dict(m, opt)
@@ -60,6 +80,9 @@ def fsdp2(out: Path, rank: int, world: int) -> None:
     if rank == 0:
         torch.save({"model": full_m, "optim": full_o, "train_state": extra}, out / "fsdp2.full.pt")
         m.config.to_json_file(out / "config.json")
+    losses = next_losses(m, opt)  # after the save: the step changes the state the gathered dicts share
+    if rank == 0:
+        (out / "fsdp2.losses.json").write_text(json.dumps(losses))
 
 
 def dtensor(out: Path, rank: int, world: int) -> None:

@@ -11,7 +11,6 @@ import sys
 import pytest
 
 import ckpt_core
-from ckpt_core.errors import UsageError
 
 torch = pytest.importorskip("torch")
 
@@ -112,9 +111,3 @@ def test_hf_output_gives_the_same_logits_in_transformers(dcp_run, tmp_path, name
     ids = torch.arange(30).reshape(2, 15) * 11 % config.vocab_size
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, reference(ids).logits)
-
-
-def test_writing_dcp_is_refused_for_now(dcp_run, tmp_path):
-    with pytest.raises(UsageError, match="cannot write"):
-        ckpt_core.convert(dcp_run / "single", tmp_path / "out", "dcp")
-    assert list(tmp_path.iterdir()) == []
