@@ -12,7 +12,7 @@ from . import metadata, reader, writer
 SPEC = FormatSpec(
     name=reader.NAME,
     description="a torch.distributed.checkpoint directory (.metadata + __R_N.distcp: FSDP2, torchtitan)",
-    capabilities=frozenset({"train_state", "optimizer_state"}),
+    capabilities=frozenset({"ties", "kv_sharing", "trainable", "train_state", "optimizer_state"}),
     patterns=(".metadata", "__*_*.distcp"),
     options={"params": "hyper-parameters the tensors cannot show, merged over the recognised ones, as "
                        "{'n_head': 32, 'n_kv_head': 8} (DCP keeps no config; --to hf needs the heads)",

@@ -10,7 +10,8 @@ Where each flat key came from is the metadata's ``planner_data`` path (the neste
   ``step``) of parameter ``fqn``; ``("optim", "param_groups", i, key)``: group ``i``'s ``key``
   (``params`` holds parameter names).
 - ``("ckpt_core",)``: what ckpt-core wrote and DCP has no place for (the family and its
-  hyper-parameters, the train state's step, epoch, ..., the optimizer's kind), one value.
+  hyper-parameters, ties, KV sharing, the trainable set, the train state's step, epoch,
+  ..., the optimizer's kind), one value.
 - anything else (torchtitan's ``train_state``, ``dataloader``, ``lr_scheduler``, a model's
   non-tensor values): kept in the train state's ``extra`` at its path.
 """
@@ -83,7 +84,14 @@ def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | No
     stated_arch = own.get("arch")
     arch = Arch(stated_arch["family"], stated_arch["params"]) if stated_arch else recognised_arch(tensors)
     arch = attrs.evolve(arch, params={**arch.params, **(params or {})})
-    return Checkpoint(arch=arch, tensors=tensors, train_state=train_state, layout=layout)
+    ties = (own.get("ties") or {}) if with_tensors else {}
+    for alias, target in ties.items():
+        if alias not in tensors or target not in tensors or \
+                (tensors[alias].dtype, tensors[alias].shape) != (tensors[target].dtype, tensors[target].shape):
+            raise CorruptInput(f"{directory / metadata.NAME}: tie {alias!r} -> {target!r} does not match the tensors stored")
+        del tensors[alias]
+    return Checkpoint(arch=arch, tensors=tensors, ties=dict(ties), kv_sharing=dict(own.get("kv_sharing") or {}),
+                      trainable=own.get("trainable"), train_state=train_state, layout=layout)
 
 
 def _own(value: Any, directory: Path) -> dict[str, Any]:
@@ -95,7 +103,9 @@ def _own(value: Any, directory: Path) -> dict[str, Any]:
     ) and (opt is None or (isinstance(opt, dict) and isinstance(opt.get("kind"), str)
                            and isinstance(opt.get("resumable"), bool) and isinstance(opt.get("extra"), dict))
     ) and (fields is None or (isinstance(fields, dict) and set(fields) <= set(TRAIN_FIELDS))
-    ) and (extra is None or isinstance(extra, dict))
+    ) and (extra is None or isinstance(extra, dict)) and all(
+        isinstance(value.get(k), (dict, type(None))) for k in ("ties", "kv_sharing")
+    ) and isinstance(value.get("trainable"), (tuple, type(None)))
     if not ok:
         raise CorruptInput(f"{directory / metadata.NAME}: the {OWN!r} value is not what ckpt-core writes there")
     return value

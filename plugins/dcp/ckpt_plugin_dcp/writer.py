@@ -33,13 +33,14 @@ def _world_size(options: dict[str, Any]) -> int:
 
 def _values(ck: Checkpoint, prefixed: bool) -> list[tuple[tuple[Any, ...], Any]]:
     """(path in the dict ``dcp.save`` is given, value) for everything the checkpoint holds:
-    model tensors, the optimizer's slots and groups, and under ``ckpt_core`` what DCP has no
-    place for. A DCP source's other entries go back to their own paths; any other
+    model tensors (a tied name too, as a tied model's state dict has it), the optimizer's
+    slots and groups, and under ``ckpt_core`` what DCP has no place for. A DCP source's other entries go back to their own paths; any other
     checkpoint's train-state ``extra`` goes in the ``ckpt_core`` value, keys and all."""
-    found = [((MODEL, name) if prefixed else (name,), t) for name, t in ck.tensors.items()]
+    found = [((MODEL, name) if prefixed else (name,), ck.tensor(name)) for name in ck.names()]
     ts = ck.train_state
     opt = ts.optimizer if ts is not None else None
-    own: dict[str, Any] = {"arch": {"family": ck.arch.family, "params": ck.arch.params}}
+    own: dict[str, Any] = {"arch": {"family": ck.arch.family, "params": ck.arch.params}, "ties": ck.ties,
+                           "kv_sharing": ck.kv_sharing, "trainable": ck.trainable}
     if opt is not None:
         found += [((OPTIM, "state", name, slot), v) for name, slots in opt.param_state.items() for slot, v in slots.items()]
         found += [((OPTIM, "param_groups", i, k), v) for i, group in enumerate(opt.groups) for k, v in group.items()]
