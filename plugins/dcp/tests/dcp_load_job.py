@@ -3,6 +3,7 @@ computes next (``dcp_job.next_losses``) as JSON on stdout.
 
     torchrun --nproc_per_node=2 dcp_load_job.py CKPT     # FSDP2 (fully_shard), sharded load
     python dcp_load_job.py CKPT                          # one process, an unsharded model
+    ... dcp_load_job.py CKPT --model-only                # weights only (a fresh AdamW)
 
 Weights and AdamW state go through ``get_state_dict`` / ``dcp.load`` / ``set_state_dict``,
 as torchtitan and the DCP tutorials resume.
@@ -18,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from dcp_job import model, next_losses, sharded
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_state_dict
 
 
 def main() -> None:
@@ -35,9 +36,12 @@ def main() -> None:
         m = sharded(m, dist.get_world_size())
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
     msd, osd = get_state_dict(m, opt)
-    state = {"model": msd, "optim": osd}
+    state = {"model": msd} if "--model-only" in sys.argv else {"model": msd, "optim": osd}
     dcp.load(state, checkpoint_id=path, no_dist=not distributed)
-    set_state_dict(m, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    if "optim" in state:
+        set_state_dict(m, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    else:
+        set_model_state_dict(m, state["model"])
     losses = next_losses(m, opt)
     if not distributed or dist.get_rank() == 0:
         print(json.dumps(losses))

@@ -19,11 +19,11 @@ torch = pytest.importorskip("torch")
 LOAD_JOB = Path(__file__).with_name("dcp_load_job.py")
 
 
-def resumed_losses(path: Path, ranks: int) -> list[str]:
+def resumed_losses(path: Path, ranks: int, *flags: str) -> list[str]:
     """What ``dcp_load_job.py`` computes after loading ``path`` (under torchrun when ``ranks`` > 1)."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 \
         else [sys.executable]
-    done = subprocess.run([*launch, str(LOAD_JOB), str(path)], capture_output=True, text=True, timeout=600,
+    done = subprocess.run([*launch, str(LOAD_JOB), str(path), *flags], capture_output=True, text=True, timeout=600,
                           cwd=LOAD_JOB.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -46,6 +46,16 @@ def test_fsdp2_resumes_from_it_with_the_same_next_losses(dcp_run, written):
 def test_a_single_process_loads_it_unsharded_with_the_same_next_losses(dcp_run, written):
     expected = json.loads((dcp_run / "fsdp2.losses.json").read_text())
     assert resumed_losses(written / "one", 1) == expected
+
+
+def test_hf_to_dcp_loads_into_fsdp2(dcp_run, tmp_path):
+    """An HF directory (here ckpt-core's own from the FSDP2 run) written as DCP for 2 ranks
+    starts an FSDP2 run with the source weights: the same first loss."""
+    heads = {"n_head": 4, "n_kv_head": 2}
+    ckpt_core.convert(dcp_run / "fsdp2", tmp_path / "hf", "hf", {"params": heads}, allow_loss=["train_state"])
+    ckpt_core.convert(tmp_path / "hf", tmp_path / "dcp-init", "dcp", {"world_size": 2})
+    expected = json.loads((dcp_run / "fsdp2.losses.json").read_text())
+    assert resumed_losses(tmp_path / "dcp-init", 2, "--model-only")[0] == expected[0]
 
 
 def test_layout_is_the_one_fsdp2_saved(dcp_run, written):
