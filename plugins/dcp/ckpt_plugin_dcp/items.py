@@ -111,15 +111,7 @@ class Items:
 
     def tensor(self, entry: Entry) -> Tensor:
         """The whole tensor of ``entry``, lazy: its chunks joined exactly."""
-        parts = [(c, self.chunk(entry, c)) for c in entry.chunks]
-        if math.prod(entry.size) == 0:
-            return Tensor.from_bytes(b"", entry.dtype, entry.size)
-        parts = [(c, t) for c, t in parts if t.nbytes]
-        if len(parts) == 1 and parts[0][0].sizes == entry.size:
-            return parts[0][1]
-        if all(c.sizes[1:] == entry.size[1:] for c, _ in parts) and len(entry.size) > 0:
-            return Tensor.concat([t for _, t in sorted(parts, key=lambda p: p[0].offsets)], axis=0)
-        return Tensor.from_loader(entry.dtype, entry.size, lambda: _assemble(entry, parts))
+        return join(entry.dtype, entry.size, [(c, self.chunk(entry, c)) for c in entry.chunks])
 
     def value(self, entry: Entry) -> Any:
         """A bytes value: what ``torch.save`` stored, read by the scanner (tensors in it lazy).
@@ -158,9 +150,22 @@ def _record_tensor(path: Path, stub: TensorStub, infos: dict[str, zipfile.ZipInf
     return Tensor.from_file(path, starts[record], stub.dtype, stub.shape)
 
 
-def _assemble(entry: Entry, parts: list[tuple[Chunk, Tensor]]) -> np.ndarray:
-    """The full tensor from chunks in any arrangement (dim 1, 2-D meshes, uneven)."""
-    out = np.empty(entry.size, dtype=dtypes.get(entry.dtype).raw)
-    for c, t in parts:
-        out[tuple(slice(o, o + n) for o, n in zip(c.offsets, c.sizes))] = t.raw()
-    return out
+def join(dtype: str, size: tuple[int, ...], parts: list[tuple[Chunk, Tensor]]) -> Tensor:
+    """The tensor of ``size`` that chunks tile (checked by ``metadata.check_tiling``): their
+    concatenation when they split dim 0 only (FSDP2: file ranges joined lazily), else one
+    buffer filled chunk by chunk when first read (dim 1, 2-D meshes, uneven)."""
+    if math.prod(size) == 0:
+        return Tensor.from_bytes(b"", dtype, size)
+    parts = [(c, t) for c, t in parts if t.nbytes]
+    if len(parts) == 1:
+        return parts[0][1]
+    if all(c.sizes[1:] == size[1:] for c, _ in parts):
+        return Tensor.concat([t for _, t in sorted(parts, key=lambda p: p[0].offsets)], axis=0)
+
+    def assemble() -> np.ndarray:
+        out = np.empty(size, dtype=dtypes.get(dtype).raw)
+        for c, t in parts:
+            out[tuple(slice(o, o + n) for o, n in zip(c.offsets, c.sizes))] = t.raw()
+        return out
+
+    return Tensor.from_loader(dtype, size, assemble)

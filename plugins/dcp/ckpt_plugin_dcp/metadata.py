@@ -42,11 +42,12 @@ class Storage:
 
 @attrs.frozen
 class Chunk:
-    """One stored piece of a tensor: its place in the full tensor and its item."""
+    """One stored piece of a tensor: its place in the full tensor and its item (None for a
+    tensor of a safetensors shard, which is its own file range)."""
 
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
-    storage: Storage
+    storage: Storage | None
 
 
 @attrs.frozen
@@ -166,7 +167,7 @@ def _entry(key: str, value: Any, path: Any, storage: dict, where: str) -> Entry:
         if item is None:
             raise CorruptInput(f"{where}: no storage for the chunk of {key!r} at {list(offsets)}")
         chunks.append(Chunk(offsets, sizes, item))
-    _check_tiling(key, size, chunks, where)
+    check_tiling(key, size, chunks, where)
     return Entry(key, path, dtype, size, tuple(chunks))
 
 
@@ -181,8 +182,9 @@ def _dtype(props: Any) -> str | None:
     return name if isinstance(name, str) and name in dtypes.DTYPES else None
 
 
-def _check_tiling(key: str, size: tuple[int, ...], chunks: list[Chunk], where: str) -> None:
-    """Chunks must lie inside the tensor, not overlap, and cover it: together exactly it."""
+def check_tiling(key: str, size: tuple[int, ...], chunks: list[Chunk], where: str) -> None:
+    """Chunks must lie inside the tensor of ``size``, not overlap, and cover it: together
+    exactly it. CorruptInput naming ``where`` otherwise."""
     for c in chunks:
         if len(c.offsets) != len(size) or len(c.sizes) != len(size) or any(
                 o + n > d for o, n, d in zip(c.offsets, c.sizes, size)):

@@ -25,11 +25,12 @@ import attrs
 from ckpt_core import Arch, Checkpoint, CorruptInput, Layout, OptimizerState, Tensor, TrainState, UsageError
 from ckpt_core.graph import recognised_arch
 
-from . import metadata
+from . import hfshards, metadata
 from .items import Items
 
 NAME = "dcp"
 MODEL, OPTIM, OWN = "model", "optim", "ckpt_core"
+EXTRA_AT_PATHS = "extra_at_paths"  # layout fact: the train state's extra entries that are DCP entries of their own
 TRAIN_FIELDS = ("step", "epoch", "best_metric", "metrics", "scheduler", "rng", "data_position", "config")
 
 
@@ -39,6 +40,9 @@ def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | No
     hyper-parameters the user states, over those recognised from the tensors."""
     if not isinstance(params or {}, dict):
         raise UsageError(f"--option params must be a mapping such as {{'n_head': 32}}, not {params!r}")
+    if not (directory / metadata.NAME).exists() and hfshards.shard_files(directory):
+        tensors, variant, files = hfshards.read(directory)
+        return Checkpoint(arch=_arch(tensors, None, params), tensors=tensors, layout=Layout(NAME, variant, {"files": files}))
     entries = metadata.read(directory)
     items = Items(directory)
     prefixed = any(e.path[0] == MODEL and len(e.path) > 1 for e in entries)
@@ -75,15 +79,14 @@ def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | No
                                    groups=[groups[i] for i in range(len(groups))], resumable=stated.get("resumable", True),
                                    extra={**optim_extra, **stated.get("extra", {})})
     fields = own.get("train_state") or {}
+    extra_at_paths = sorted(extra)
     extra = {**extra, **own.get("extra", {})}
     train_state = None
     if optimizer or extra or own.get("train_state") is not None:
         train_state = TrainState(**fields, optimizer=optimizer, extra=extra)
-    layout = Layout(NAME, "prefixed" if prefixed else "flat", {"files": sorted({c.storage.relative_path for e in entries
-                                                                              for c in e.chunks})})
-    stated_arch = own.get("arch")
-    arch = Arch(stated_arch["family"], stated_arch["params"]) if stated_arch else recognised_arch(tensors)
-    arch = attrs.evolve(arch, params={**arch.params, **(params or {})})
+    files = sorted({c.storage.relative_path for e in entries for c in e.chunks})
+    layout = Layout(NAME, "prefixed" if prefixed else "flat", {"files": files, EXTRA_AT_PATHS: extra_at_paths})
+    arch = _arch(tensors, own.get("arch"), params)
     ties = (own.get("ties") or {}) if with_tensors else {}
     for alias, target in ties.items():
         if alias not in tensors or target not in tensors or \
@@ -92,6 +95,12 @@ def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | No
         del tensors[alias]
     return Checkpoint(arch=arch, tensors=tensors, ties=dict(ties), kv_sharing=dict(own.get("kv_sharing") or {}),
                       trainable=own.get("trainable"), train_state=train_state, layout=layout)
+
+
+def _arch(tensors: dict[str, Tensor], stated: dict[str, Any] | None, params: dict[str, Any] | None) -> Arch:
+    """The family ckpt-core's writer stated, else the one the names fit; ``params`` over it."""
+    arch = Arch(stated["family"], stated["params"]) if stated else recognised_arch(tensors)
+    return attrs.evolve(arch, params={**arch.params, **(params or {})})
 
 
 def _own(value: Any, directory: Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ckpt_core.safetensors_io import copy_range
 from ckpt_core.tensor import FileRange
 
 from .metadata import NAME as METADATA
-from .reader import MODEL, OPTIM, OWN, TRAIN_FIELDS
+from .reader import EXTRA_AT_PATHS, MODEL, OPTIM, OWN, TRAIN_FIELDS
 
 
 def _world_size(options: dict[str, Any]) -> int:
@@ -47,10 +47,9 @@ def _values(ck: Checkpoint, prefixed: bool) -> list[tuple[tuple[Any, ...], Any]]
         own["optimizer"] = {"kind": opt.kind, "resumable": opt.resumable, "extra": opt.extra}
     if ts is not None:
         own["train_state"] = {field: getattr(ts, field) for field in TRAIN_FIELDS}
-        if ck.layout.format == "dcp":
-            found += _flatten((), ts.extra)
-        else:
-            own["extra"] = ts.extra
+        at_paths = set(ck.layout.facts.get(EXTRA_AT_PATHS, ())) if ck.layout.format == "dcp" else set()
+        found += _flatten((), {k: v for k, v in ts.extra.items() if k in at_paths})
+        own["extra"] = {k: v for k, v in ts.extra.items() if k not in at_paths}
     return [*found, ((OWN,), own)]
 
 

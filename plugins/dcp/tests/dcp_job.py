@@ -6,6 +6,8 @@ On 2 ranks (gloo, CPU), for a tiny Llama (odd sizes, so shards are uneven):
 
 - ``OUT/fsdp2``: ``fully_shard`` on every block and the root, AdamW after one step,
   ``dcp.save({"model": msd, "optim": osd, "train_state": {...}})`` as torchtitan saves;
+  ``OUT/hf-shards`` and ``OUT/hf-consolidated``: its weights through DCP's
+  ``HuggingFaceStorageWriter`` (one safetensors shard per rank; plus a consolidated copy);
 - ``OUT/dtensor``: a state dict of DTensors sharded ``Shard(0)``, ``Shard(1)`` and
   ``Replicate()`` over the 2 ranks, saved flat (no ``model.`` prefix);
 - ``OUT/single``: rank 0 alone (``no_dist=True``), an unsharded model's flat state dict.
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import HuggingFaceStorageWriter
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -76,6 +79,9 @@ def fsdp2(out: Path, rank: int, world: int) -> None:
     msd, osd = get_state_dict(m, opt)
     extra = {"step": 1, "tokens_seen": torch.tensor([24], dtype=torch.int64)}
     dcp.save({"model": msd, "optim": osd, "train_state": extra}, checkpoint_id=out / "fsdp2")
+    for name, consolidate in (("hf-shards", False), ("hf-consolidated", True)):  # model weights only: all it takes
+        writer = HuggingFaceStorageWriter(str(out / name), save_distributed=True, enable_consolidation=consolidate)
+        dcp.save(msd, storage_writer=writer)
     full_m, full_o = get_state_dict(m, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         torch.save({"model": full_m, "optim": full_o, "train_state": extra}, out / "fsdp2.full.pt")

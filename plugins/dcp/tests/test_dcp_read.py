@@ -38,6 +38,17 @@ def test_model_tensors_are_the_gathered_ones(dcp_run, name):
     assert ck.layout.variant == ("prefixed" if name == "fsdp2" else "flat")
 
 
+@pytest.mark.parametrize("name", ["hf-shards", "hf-consolidated"])
+def test_hf_storage_writer_shards_are_the_gathered_tensors(dcp_run, name):
+    """The safetensors variant: each rank's shard, placed by DCP_SHARDING_INFO."""
+    found = ckpt_core.detect(dcp_run / name)[0]
+    assert found.format == "dcp"
+    ck = ckpt_core.load(dcp_run / name)
+    expected = full(dcp_run, "fsdp2")["model"]
+    assert set(ck.tensors) == set(expected) and ck.arch.family == "llama" and ck.train_state is None
+    assert all(same(ck.tensors[k].to_torch(), t) for k, t in expected.items())
+
+
 def test_fsdp2_is_llama_with_adamw_state_by_name(dcp_run):
     ck = ckpt_core.load(dcp_run / "fsdp2")
     expected = full(dcp_run, "fsdp2")
