@@ -118,6 +118,33 @@ def metadata_not_a_pickle(directory, canary):
     (directory / ".metadata").write_bytes(b"\x80\x04" + bytes(100))
 
 
+def _shard_header(directory, rank, change):
+    """Rewrite rank ``rank``'s HuggingFaceStorageWriter shard with ``change(sharding_info)``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = sorted(directory.glob("shard-*.safetensors"))[rank]
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata()
+    info = json.loads(metadata["DCP_SHARDING_INFO"])
+    change(info)
+    save_file(load_file(path), path, {**metadata, "DCP_SHARDING_INFO": json.dumps(info)})
+
+
+def hf_shards_overlap(directory, canary):
+    _shard_header(directory, 1, lambda info: info["model.embed_tokens.weight"].update(saved_offsets=[1, 0]))
+
+
+def hf_shard_without_offsets(directory, canary):
+    _shard_header(directory, 0, lambda info: info.pop("lm_head.weight"))
+
+
+def hf_first_shard_missing(directory, canary):
+    sorted(directory.glob("shard-*.safetensors"))[0].unlink()
+
+
 BAD = [  # (maker, exit code, what the message says)
     (hostile, 6, "posix.system"),
     (hostile_inside, 6, "posix.system"),
@@ -129,12 +156,16 @@ BAD = [  # (maker, exit code, what the message says)
     (tensor_size_disagrees, 5, "the metadata says"),
     (missing_file, 3, "missing"),
     (metadata_not_a_pickle, 5, "damaged pickle"),
+    (hf_shards_overlap, 5, "overlap"),
+    (hf_shard_without_offsets, 5, "no offsets"),
+    (hf_first_shard_missing, 5, "do not cover"),
 ]
 
 
 @pytest.mark.parametrize("maker, code, says", BAD, ids=[b[0].__name__ for b in BAD])
 def test_bad_dcp_is_one_line_and_its_exit_code(dcp_run, tmp_path, capsys, maker, code, says):
-    src = shutil.copytree(dcp_run / "fsdp2", tmp_path / "step-1")
+    source = "hf-shards" if maker.__name__.startswith("hf_") else "fsdp2"
+    src = shutil.copytree(dcp_run / source, tmp_path / "step-1")
     canary = tmp_path / "canary"
     maker(src, canary)
     with pytest.raises(SystemExit) as exit_info:
