@@ -122,6 +122,8 @@ def write(ck: Checkpoint, directory: Path, options: dict[str, Any]) -> None:
                 storage[MetadataIndex(key)] = _StorageInfo(*files[0].append(value))
                 entries[key] = BytesStorageMetadata()
                 continue
+            if value.file_range is None and world > 1:  # computed (a join of chunks): make it once, not once per rank
+                value = Tensor.from_numpy(value.raw(), value.dtype)
             chunks = []
             for rank, (start, stop) in enumerate(_rows(value, world)):
                 if value.shape and (stop == start or math.prod(value.shape[1:]) == 0) and rank:
