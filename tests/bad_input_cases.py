@@ -147,6 +147,8 @@ def _build(root: Path) -> dict[str, Path]:
                      "ds_version": "0.16.4"}, tag / "mp_rank_00_model_states.pt")
     (output / "latest").write_text(tag.name)
 
+    api.save(gpt, put("dcp", "step-1"), "dcp", {"world_size": 2}, allow_loss=["extra"])
+
     opt = gpt.train_state.optimizer
     position = {name: str(i) for i, name in enumerate(opt.param_state)}  # moshi numbers parameters by position
     by_position = attrs.evolve(opt, param_state={position[n]: s for n, s in opt.param_state.items()},

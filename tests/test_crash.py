@@ -246,6 +246,7 @@ CONVERTS = [
     ("save-api-sharded", ("save",), "safetensors", "sharded", 7, True),
     # torch's zip writer is not byte-stable; torch is imported before ``ready`` (start-up, not the write)
     ("convert-nanogpt", ("--import-torch", "cli", "convert"), "nanogpt", "ckpt.pt", 3, False),
+    ("convert-dcp", ("--import-torch", "cli", "convert"), "dcp", "step-1", 3, False),
 ]
 SHARDED = {"options": {"max_shard_size": "8MB"}}
 

@@ -17,16 +17,19 @@ names), ``archive``, ``structure`` (bounds on unpickled objects), ``scanner``, `
 ``writing``.
 """
 
-from .archive import VERIFY_OPTION, check_archive, data_offset, is_zip, members, stored_records
+from .archive import (MAX_PICKLE_BYTES, VERIFY_OPTION, check_archive, data_offset, is_zip, members, pickle_member,
+                      stored_records)
 from .names import LEGACY_STORAGES, TORCH_DTYPES, dtype_name
 from .reading import from_torch, import_torch, load, load_pickle, to_torch, tree_from_torch
-from .scanner import MAX_TENSORS, Record, Scan, TensorStub, is_plain, lazy, named_globals, python3_name, scan, stub_tensor
+from .scanner import (MAX_TENSORS, Record, Scan, TensorStub, is_plain, lazy, named_globals, python3_name, scan, scan_bytes,
+                      stub_tensor)
 from .writing import Instance, call, save, torch_dtype
 
 __all__ = [
-    "VERIFY_OPTION", "check_archive", "data_offset", "is_zip", "members", "stored_records",
+    "MAX_PICKLE_BYTES", "VERIFY_OPTION", "check_archive", "data_offset", "is_zip", "members", "pickle_member",
+    "stored_records",
     "LEGACY_STORAGES", "TORCH_DTYPES", "dtype_name",
     "from_torch", "import_torch", "load", "load_pickle", "to_torch", "tree_from_torch",
-    "MAX_TENSORS", "Record", "Scan", "TensorStub", "is_plain", "lazy", "named_globals", "python3_name", "scan",
+    "MAX_TENSORS", "Record", "Scan", "TensorStub", "is_plain", "lazy", "named_globals", "python3_name", "scan", "scan_bytes",
     "stub_tensor", "Instance", "call", "save", "torch_dtype",
 ]

@@ -241,15 +241,23 @@ def scan(path: Path) -> Scan:
     zip, or what it unpickles to is out of bounds (``structure``, ``MAX_TENSORS``)."""
     records = members(path)
     member, data = read_pickle(path, records)
+    obj, names = scan_bytes(data, f"{path}: data.pkl")
+    return Scan(obj, names, member.rsplit("/", 1)[0], records)
+
+
+def scan_bytes(data: bytes, where: str) -> tuple[Any, tuple[str, ...]]:
+    """Unpickle the bare pickle ``data`` inertly, as ``scan`` does a zip's ``data.pkl``: the
+    object, and the names of the classes left inert Records. CorruptInput naming ``where``
+    if the pickle is damaged or what it unpickles to is out of bounds."""
     unpickler = _Unpickler(data)
     try:
         obj = unpickler.load()
     except CorruptInput as e:
-        raise CorruptInput(f"{path}: data.pkl {e}") from None
+        raise CorruptInput(f"{where} {e}") from None
     except Exception as e:  # any malformed pickle: the file is damaged, nothing ran
-        raise CorruptInput(f"{path}: damaged pickle in data.pkl ({type(e).__name__}: {e})") from None
-    structure.check(obj, path, structure.budget(len(data)), leaves=(TensorStub, StorageStub), inert=Record)
-    return Scan(obj, tuple(sorted(unpickler.records)), member.rsplit("/", 1)[0], records)
+        raise CorruptInput(f"{where}: damaged pickle ({type(e).__name__}: {e})") from None
+    structure.check(obj, where, structure.budget(len(data)), leaves=(TensorStub, StorageStub), inert=Record)
+    return obj, tuple(sorted(unpickler.records))
 
 
 def named_globals(path: Path) -> list[str]:

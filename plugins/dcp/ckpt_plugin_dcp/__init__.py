@@ -1,0 +1,1 @@
+"""torch.distributed.checkpoint (DCP) directories for ckpt-core, read without torch."""

@@ -1,0 +1,143 @@
+"""Writing a canonical checkpoint as ``dcp.save`` would for ``world_size`` ranks under FSDP2.
+
+Every tensor of the model and of the optimizer state is split along dim 0 as FSDP2 shards
+it (``torch.chunk``: rank ``r`` holds rows ``[r*c, (r+1)*c)`` with ``c = ceil(rows / N)``;
+a rank left no rows stores nothing); 0-d tensors (``step``) and every other value are
+stored once, by rank 0. Each item is a ``torch.save`` zip written by ckpt-core's own
+writer (a chunk of a file-range tensor is copied in the kernel) and appended to its rank's
+``__R_0.distcp``. ``.metadata`` is written last, a pickle of torch's own metadata classes
+(torch is imported here, only when writing this format).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+from ckpt_core import Checkpoint, Tensor, UsageError, torchfile
+from ckpt_core.safetensors_io import copy_range
+from ckpt_core.tensor import FileRange
+
+from .metadata import NAME as METADATA
+from .reader import EXTRA_AT_PATHS, MODEL, OPTIM, OWN, TRAIN_FIELDS
+
+
+def _world_size(options: dict[str, Any]) -> int:
+    n = options.get("world_size", 1)
+    if type(n) is not int or n < 1:
+        raise UsageError(f"--option world_size must be a positive integer, not {n!r}")
+    return n
+
+
+def _values(ck: Checkpoint, prefixed: bool) -> list[tuple[tuple[Any, ...], Any]]:
+    """(path in the dict ``dcp.save`` is given, value) for everything the checkpoint holds:
+    model tensors (a tied name too, as a tied model's state dict has it), the optimizer's
+    slots and groups, and under ``ckpt_core`` what DCP has no place for. A DCP source's other entries go back to their own paths; any other
+    checkpoint's train-state ``extra`` goes in the ``ckpt_core`` value, keys and all."""
+    found = [((MODEL, name) if prefixed else (name,), ck.tensor(name)) for name in ck.names()]
+    ts = ck.train_state
+    opt = ts.optimizer if ts is not None else None
+    own: dict[str, Any] = {"arch": {"family": ck.arch.family, "params": ck.arch.params}, "ties": ck.ties,
+                           "kv_sharing": ck.kv_sharing, "trainable": ck.trainable}
+    if opt is not None:
+        found += [((OPTIM, "state", name, slot), v) for name, slots in opt.param_state.items() for slot, v in slots.items()]
+        found += [((OPTIM, "param_groups", i, k), v) for i, group in enumerate(opt.groups) for k, v in group.items()]
+        own["optimizer"] = {"kind": opt.kind, "resumable": opt.resumable, "extra": opt.extra}
+    if ts is not None:
+        own["train_state"] = {field: getattr(ts, field) for field in TRAIN_FIELDS}
+        at_paths = set(ck.layout.facts.get(EXTRA_AT_PATHS, ())) if ck.layout.format == "dcp" else set()
+        found += _flatten((), {k: v for k, v in ts.extra.items() if k in at_paths})
+        own["extra"] = {k: v for k, v in ts.extra.items() if k not in at_paths}
+    return [*found, ((OWN,), own)]
+
+
+def _flatten(prefix: tuple[Any, ...], tree: dict[str, Any]) -> list[tuple[tuple[Any, ...], Any]]:
+    """The leaves of a nested dict, as DCP flattens a state dict (lists are values)."""
+    found = []
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            found += _flatten((*prefix, k), v)
+        else:
+            found.append(((*prefix, k), v))
+    return found
+
+
+def _rows(t: Tensor, world: int) -> list[tuple[int, int]]:
+    """The dim-0 rows each rank holds under FSDP2 (``torch.chunk``'s split)."""
+    if not t.shape:
+        return [(0, 0)]
+    step = math.ceil(t.shape[0] / world) if t.shape[0] else 0
+    return [(min(r * step, t.shape[0]), min((r + 1) * step, t.shape[0])) for r in range(world)]
+
+
+class _RankFile:
+    """One rank's ``__R_0.distcp``, its items appended one after another."""
+
+    def __init__(self, directory: Path, rank: int):
+        self.name = f"__{rank}_0.distcp"
+        self.scratch = directory / f".item-{rank}"
+        self.out = open(directory / self.name, "wb", buffering=0)
+        self.position = 0
+
+    def append(self, value: Any) -> tuple[str, int, int]:
+        """Write ``value`` as a ``torch.save`` zip item; return (file, offset, length)."""
+        item = self.scratch / "archive"  # torch.save's records go under archive/, as in a buffer
+        self.scratch.mkdir(exist_ok=True)
+        torchfile.save(value, item)
+        length = item.stat().st_size
+        copy_range(FileRange(item, 0, length), self.out)
+        item.unlink()
+        self.scratch.rmdir()
+        offset, self.position = self.position, self.position + length
+        return self.name, offset, length
+
+
+def write(ck: Checkpoint, directory: Path, options: dict[str, Any]) -> None:
+    """Write ``ck`` as a DCP checkpoint directory for ``world_size`` ranks."""
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("writing DCP pickles torch's own metadata classes: install torch "
+                         "(pip install 'ckpt-plugin-dcp[torch]'). Nothing was written.") from None
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
+                                                       MetadataIndex, TensorProperties, TensorStorageMetadata)
+
+    from ckpt_core.torchfile import TORCH_DTYPES
+
+    world = _world_size(options)
+    prefixed = not (ck.layout.format == "dcp" and ck.layout.variant == "flat")
+    directory.mkdir()
+    files = [_RankFile(directory, r) for r in range(world)]
+    entries, planner, storage = {}, {}, {}
+    try:
+        for path, value in _values(ck, prefixed):
+            key = ".".join(map(str, path))
+            if key in entries:
+                raise UsageError(f"two values flatten to the DCP key {key!r}; rename one. Nothing was written.")
+            planner[key] = path
+            if not isinstance(value, Tensor):
+                storage[MetadataIndex(key)] = _StorageInfo(*files[0].append(value))
+                entries[key] = BytesStorageMetadata()
+                continue
+            if value.file_range is None and world > 1:  # computed (a join of chunks): make it once, not once per rank
+                value = Tensor.from_numpy(value.raw(), value.dtype)
+            chunks = []
+            for rank, (start, stop) in enumerate(_rows(value, world)):
+                if value.shape and (stop == start or math.prod(value.shape[1:]) == 0) and rank:
+                    continue  # a rank with no rows stores nothing (rank 0 keeps an empty tensor's one chunk)
+                part = value.slice(0, start, stop) if value.shape else value
+                offsets = torch.Size([start, *[0] * (len(value.shape) - 1)] if value.shape else [])
+                chunks.append(ChunkStorageMetadata(offsets=offsets, sizes=torch.Size(part.shape)))
+                storage[MetadataIndex(key, offsets, len(chunks) - 1)] = _StorageInfo(*files[rank].append(part))
+                if not value.shape:
+                    break
+            dtype = getattr(torch, TORCH_DTYPES[value.dtype])
+            entries[key] = TensorStorageMetadata(TensorProperties(dtype=dtype), torch.Size(value.shape), chunks)
+    finally:
+        for f in files:
+            f.out.close()
+    with open(directory / METADATA, "wb") as f:
+        pickle.dump(Metadata(state_dict_metadata=entries, planner_data=planner, storage_data=storage), f)

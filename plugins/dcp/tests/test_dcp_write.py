@@ -1,0 +1,87 @@
+"""Writing DCP: the layout ``dcp.save`` writes under FSDP2, proven by torch itself. A
+fully_shard-ed model on 2 ranks and an unsharded one in a single process resume from what
+ckpt-core wrote (weights and AdamW state through dcp.load + set_state_dict) and compute
+exactly the next losses the source run computed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ckpt_core
+from ckpt_core.compare import differences, tree_differences
+
+torch = pytest.importorskip("torch")
+LOAD_JOB = Path(__file__).with_name("dcp_load_job.py")
+
+
+def resumed_losses(path: Path, ranks: int, *flags: str) -> list[str]:
+    """What ``dcp_load_job.py`` computes after loading ``path`` (under torchrun when ``ranks`` > 1)."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 \
+        else [sys.executable]
+    done = subprocess.run([*launch, str(LOAD_JOB), str(path), *flags], capture_output=True, text=True, timeout=600,
+                          cwd=LOAD_JOB.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def written(dcp_run, tmp_path_factory):
+    """The FSDP2 checkpoint rewritten by ckpt-core for 2 ranks and for 1."""
+    out = tmp_path_factory.mktemp("written")
+    ckpt_core.convert(dcp_run / "fsdp2", out / "two", "dcp", {"world_size": 2})
+    ckpt_core.convert(dcp_run / "fsdp2", out / "one", "dcp")
+    return out
+
+
+def test_fsdp2_resumes_from_it_with_the_same_next_losses(dcp_run, written):
+    expected = json.loads((dcp_run / "fsdp2.losses.json").read_text())
+    assert resumed_losses(written / "two", 2) == expected
+
+
+def test_a_single_process_loads_it_unsharded_with_the_same_next_losses(dcp_run, written):
+    expected = json.loads((dcp_run / "fsdp2.losses.json").read_text())
+    assert resumed_losses(written / "one", 1) == expected
+
+
+def test_hf_to_dcp_loads_into_fsdp2(dcp_run, tmp_path):
+    """An HF directory (here ckpt-core's own from the FSDP2 run) written as DCP for 2 ranks
+    starts an FSDP2 run with the source weights: the same first loss."""
+    heads = {"n_head": 4, "n_kv_head": 2}
+    ckpt_core.convert(dcp_run / "fsdp2", tmp_path / "hf", "hf", {"params": heads}, allow_loss=["train_state"])
+    ckpt_core.convert(tmp_path / "hf", tmp_path / "dcp-init", "dcp", {"world_size": 2})
+    expected = json.loads((dcp_run / "fsdp2.losses.json").read_text())
+    assert resumed_losses(tmp_path / "dcp-init", 2, "--model-only")[0] == expected[0]
+
+
+def test_layout_is_the_one_fsdp2_saved(dcp_run, written):
+    """Same keys, planner paths, dtypes, sizes and chunks as torch's own 2-rank save (plus
+    ckpt-core's one value), items in one file per rank."""
+    from ckpt_plugin_dcp import metadata
+
+    ours = {e.key: e for e in metadata.read(written / "two")}
+    theirs = {e.key: e for e in metadata.read(dcp_run / "fsdp2")}
+    assert set(ours) == set(theirs) | {"ckpt_core"}
+    for key, e in theirs.items():
+        o = ours[key]
+        assert (o.path, o.dtype, o.size) == (e.path, e.dtype, e.size), key
+        assert sorted((c.offsets, c.sizes) for c in o.chunks) == sorted((c.offsets, c.sizes) for c in e.chunks), key
+    assert sorted(p.name for p in (written / "two").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+
+def test_reads_back_exactly(dcp_run, written):
+    source = ckpt_core.load(dcp_run / "fsdp2")
+    for name in ("one", "two"):
+        back = ckpt_core.load(written / name)
+        assert differences(source, back) == []
+        assert tree_differences(source.train_state.to_dict(), back.train_state.to_dict(), "train_state") == []
+
+
+def test_bad_world_size_is_a_usage_error(dcp_run, tmp_path):
+    with pytest.raises(ckpt_core.UsageError, match="world_size"):
+        ckpt_core.convert(dcp_run / "single", tmp_path / "out", "dcp", {"world_size": 0})
+    assert list(tmp_path.iterdir()) == []
