@@ -567,7 +567,7 @@ USAGE_ERRORS = [
     (["convert", "a", "b", "--to", "canonical", "--allow-loss", "weights"], "ckpt-core convert"),
     (["convert", "a", "b", "--to", "canonical", "--option", "verify"], "ckpt-core convert"),
     (["inspect", "a", "--limit", "many"], "ckpt-core inspect"),
-    (["prune", "run"], "ckpt-core prune"),
+    (["prune", "run", "--keep", "x"], "ckpt-core prune"),
     (["diff", "a", "b", "--atol", "x"], "ckpt-core diff"),
     (["ls"], "ckpt-core ls"),
     (["--json", "detect"], "ckpt-core detect"),

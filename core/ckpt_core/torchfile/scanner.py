@@ -107,7 +107,7 @@ _TENSOR_TYPE = object()  # what ``torch.Tensor`` reads as: only ``_rebuild_from_
 def _rebuild_from_type(func, new_type, args, state):
     """A plain tensor that carries Python attributes (``state``: DeepSpeed's ``ds_id`` on
     ZeRO-3 partitions): the tensor, attributes dropped. Only ``torch.Tensor`` itself."""
-    if new_type is not _TENSOR_TYPE or func is not _rebuild_tensor:
+    if new_type is not _TENSOR_TYPE or getattr(func, "__func__", None) is not _Unpickler.rebuild_tensor:
         raise pickle.UnpicklingError(f"refusing _rebuild_from_type_v2 of {new_type!r}")
     return func(*args)
 

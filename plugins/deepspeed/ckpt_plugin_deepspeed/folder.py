@@ -20,8 +20,7 @@ from pathlib import Path
 
 from ckpt_core.errors import CorruptInput, NotFound, UnsafeInput
 from ckpt_core.model import RunEntry
-from ckpt_core.torch_io import is_zip
-from ckpt_core.torch_pickle import scan
+from ckpt_core.torchfile import is_zip, scan
 
 LATEST = "latest"
 MODEL_STATES = "mp_rank_00_model_states.pt"

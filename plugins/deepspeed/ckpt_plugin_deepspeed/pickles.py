@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 from ckpt_core.errors import CorruptInput, NotFound, UnsafeInput
-from ckpt_core.torchfile import Record, is_zip, lazy, load_pickle, scan, tree_from_torch
+from ckpt_core.torchfile import Record, TensorStub, is_zip, lazy, load_pickle, scan, tree_from_torch
 
 ZERO_STAGE = "deepspeed.runtime.zero.config.ZeroStageEnum"
 SCALERS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler")
@@ -79,6 +79,8 @@ def _plain(value: Any, path: Path) -> Any:
     """``value`` with each stand-in Record replaced by the plain data it holds."""
     if isinstance(value, Record):
         return _stand_in(value, path)
+    if isinstance(value, TensorStub):  # a NamedTuple: kept whole for ``lazy``
+        return value
     if isinstance(value, dict):
         return {k: _plain(v, path) for k, v in value.items()}
     if isinstance(value, list):

@@ -45,8 +45,8 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
     if stage not in (1, 2):
         raise UsageError(f"--option stage={stage}: this version writes ZeRO stage 1 or 2 (stage 3 is not written yet)")
     dtype = options.get("dtype", _config_dtype(ts.config if ts else {}))
-    if dtype not in DTYPES:
-        raise UsageError(f"--option dtype={dtype}: use fp32, bf16 or fp16")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise UsageError(f"--option dtype={dtype!r}: use fp32, bf16 or fp16")
     opt = ts.optimizer if ts is not None else None
     if opt is None or not opt.groups or not all(isinstance(g.get("params"), list) for g in opt.groups):
         raise UsageError("writing DeepSpeed needs the optimizer state (Adam moments by parameter name, with its param "
@@ -75,10 +75,13 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
     (path / layout.LATEST).write_text(tag)
 
 
+MAX_RANKS = 65536  # far beyond any data-parallel run: one file per rank is written
+
+
 def _int_option(options: dict, key: str, default: int) -> int:
     value = options.get(key, default)
-    if type(value) is not int or value < 1:
-        raise UsageError(f"--option {key}={value!r}: a positive integer")
+    if type(value) is not int or not 1 <= value <= MAX_RANKS:
+        raise UsageError(f"--option {key}={value!r}: a positive integer, at most {MAX_RANKS}")
     return value
 
 
