@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import Detection, FormatSpec, hookimpl
+from ckpt_core import Detection, FamilySchema, FormatSpec, hookimpl
 
 from . import hfshards, metadata, reader, writer
 
@@ -42,17 +43,17 @@ def detect(path: Path):
 
 
 @hookimpl
-def to_canonical(path: Path, format: str, options: dict[str, Any]):
+def to_canonical(path: Path, format: str, options: dict[str, Any], families: Mapping[str, FamilySchema]):
     if format != reader.NAME:
         return None
-    return reader.read(path, params=options.get("params") or {})
+    return reader.read(path, families, params=options.get("params") or {})
 
 
 @hookimpl
 def train_state(path: Path, format: str):
     if format != reader.NAME:
         return None
-    return reader.read(path, with_tensors=False).train_state
+    return reader.read(path, {}, with_tensors=False).train_state
 
 
 @hookimpl

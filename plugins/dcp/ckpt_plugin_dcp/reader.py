@@ -18,11 +18,13 @@ Where each flat key came from is the metadata's ``planner_data`` path (the neste
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
-from ckpt_core import Arch, Checkpoint, CorruptInput, Layout, OptimizerState, Tensor, TrainState, UsageError
+from ckpt_core import (Arch, Checkpoint, CorruptInput, FamilySchema, Layout, OptimizerState, Tensor, TrainState,
+                       UsageError)
 from ckpt_core.graph import recognised_arch
 
 from . import hfshards, metadata
@@ -34,7 +36,8 @@ EXTRA_AT_PATHS = "extra_at_paths"  # layout fact: the train state's extra entrie
 TRAIN_FIELDS = ("step", "epoch", "best_metric", "metrics", "scheduler", "rng", "data_position", "config")
 
 
-def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | None = None) -> Checkpoint:
+def read(directory: Path, families: Mapping[str, FamilySchema], with_tensors: bool = True,
+         params: dict[str, Any] | None = None) -> Checkpoint:
     """The checkpoint in ``directory`` (tensors lazy; with ``with_tensors`` False, only what
     the train state needs is read, for the ``train_state`` hook). ``params`` are
     hyper-parameters the user states, over those recognised from the tensors."""
@@ -42,7 +45,8 @@ def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | No
         raise UsageError(f"--option params must be a mapping such as {{'n_head': 32}}, not {params!r}")
     if not (directory / metadata.NAME).exists() and hfshards.shard_files(directory):
         tensors, variant, files = hfshards.read(directory)
-        return Checkpoint(arch=_arch(tensors, None, params), tensors=tensors, layout=Layout(NAME, variant, {"files": files}))
+        return Checkpoint(arch=_arch(tensors, None, params, families), tensors=tensors,
+                          layout=Layout(NAME, variant, {"files": files}))
     entries = metadata.read(directory)
     items = Items(directory)
     prefixed = any(e.path[0] == MODEL and len(e.path) > 1 for e in entries)
@@ -86,7 +90,7 @@ def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | No
         train_state = TrainState(**fields, optimizer=optimizer, extra=extra)
     files = sorted({c.storage.relative_path for e in entries for c in e.chunks})
     layout = Layout(NAME, "prefixed" if prefixed else "flat", {"files": files, EXTRA_AT_PATHS: extra_at_paths})
-    arch = _arch(tensors, own.get("arch"), params)
+    arch = _arch(tensors, own.get("arch"), params, families)
     ties = (own.get("ties") or {}) if with_tensors else {}
     for alias, target in ties.items():
         if alias not in tensors or target not in tensors or \
@@ -97,9 +101,10 @@ def read(directory: Path, with_tensors: bool = True, params: dict[str, Any] | No
                       trainable=own.get("trainable"), train_state=train_state, layout=layout)
 
 
-def _arch(tensors: dict[str, Tensor], stated: dict[str, Any] | None, params: dict[str, Any] | None) -> Arch:
+def _arch(tensors: dict[str, Tensor], stated: dict[str, Any] | None, params: dict[str, Any] | None,
+          families: Mapping[str, FamilySchema]) -> Arch:
     """The family ckpt-core's writer stated, else the one the names fit; ``params`` over it."""
-    arch = Arch(stated["family"], stated["params"]) if stated else recognised_arch(tensors)
+    arch = Arch(stated["family"], stated["params"]) if stated else recognised_arch(tensors, families)
     return attrs.evolve(arch, params={**arch.params, **(params or {})})
 
 

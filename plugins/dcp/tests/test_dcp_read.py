@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import ckpt_core
+from ckpt_core import torchfile
 
 torch = pytest.importorskip("torch")
 
@@ -33,7 +34,7 @@ def test_model_tensors_are_the_gathered_ones(dcp_run, name):
     ck = ckpt_core.load(dcp_run / name)
     expected = full(dcp_run, name)["model"]
     assert list(ck.tensors) == list(expected)
-    wrong = [k for k, t in expected.items() if not same(ck.tensors[k].to_torch(), t)]
+    wrong = [k for k, t in expected.items() if not same(torchfile.to_torch(ck.tensors[k]), t)]
     assert not wrong
     assert ck.layout.variant == ("prefixed" if name == "fsdp2" else "flat")
 
@@ -46,7 +47,7 @@ def test_hf_storage_writer_shards_are_the_gathered_tensors(dcp_run, name):
     ck = ckpt_core.load(dcp_run / name)
     expected = full(dcp_run, "fsdp2")["model"]
     assert set(ck.tensors) == set(expected) and ck.arch.family == "llama" and ck.train_state is None
-    assert all(same(ck.tensors[k].to_torch(), t) for k, t in expected.items())
+    assert all(same(torchfile.to_torch(ck.tensors[k]), t) for k, t in expected.items())
 
 
 def test_fsdp2_is_llama_with_adamw_state_by_name(dcp_run):
@@ -60,10 +61,10 @@ def test_fsdp2_is_llama_with_adamw_state_by_name(dcp_run):
     assert set(opt.param_state) == set(expected["optim"]["state"]) == set(ck.tensors)
     for fqn, slots in expected["optim"]["state"].items():
         assert set(opt.param_state[fqn]) == {"exp_avg", "exp_avg_sq", "step"}
-        assert all(same(opt.param_state[fqn][s].to_torch(), v) for s, v in slots.items()), fqn
+        assert all(same(torchfile.to_torch(opt.param_state[fqn][s]), v) for s, v in slots.items()), fqn
     assert opt.groups == expected["optim"]["param_groups"]  # lr, betas, ..., params by name
     state = ck.train_state.extra["train_state"]
-    assert state["step"] == 1 and same(state["tokens_seen"].to_torch(), expected["train_state"]["tokens_seen"])
+    assert state["step"] == 1 and same(torchfile.to_torch(state["tokens_seen"]), expected["train_state"]["tokens_seen"])
 
 
 def test_train_state_hook_agrees_with_a_full_read(dcp_run):

@@ -7,12 +7,14 @@ them and the family is recognised through the installed schemas.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ckpt_core import hookimpl
 from ckpt_core.errors import CkptError
 from ckpt_core.model import Detection, FormatSpec
+from ckpt_core.schema import FamilySchema
 
 from . import folder, reader, writer
 
@@ -51,10 +53,10 @@ def detect(path: Path):
 
 
 @hookimpl
-def to_canonical(path: Path, format: str, options: dict[str, Any]):
+def to_canonical(path: Path, format: str, options: dict[str, Any], families: Mapping[str, FamilySchema]):
     if format != reader.NAME:
         return None
-    return reader.read(path, options)
+    return reader.read(path, options, families)
 
 
 @hookimpl

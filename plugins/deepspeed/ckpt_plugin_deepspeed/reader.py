@@ -11,6 +11,7 @@ canonical optimizer state does not depend on the world size.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import attrs
 from ckpt_core import graph
 from ckpt_core.errors import CorruptInput, NotFound, UsageError
 from ckpt_core.model import Checkpoint, Layout, OptimizerState, TrainState
+from ckpt_core.schema import FamilySchema
 from ckpt_core.tensor import Tensor
 
 from . import folder as layout
@@ -88,7 +90,7 @@ def open_tag(path: Path) -> Tag:
     return Tag(folder, states, optim, stage, world)
 
 
-def read(path: Path, options: dict[str, Any]) -> Checkpoint:
+def read(path: Path, options: dict[str, Any], families: Mapping[str, FamilySchema]) -> Checkpoint:
     tag = open_tag(path)
     weights = options.get("weights", "fp32" if tag.optim else "module")
     if weights not in WEIGHTS:
@@ -107,7 +109,7 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
     # what training updates: the parameters with optimizer state (not frozen ones, not buffers)
     trainable = tuple(n for n in tensors if n in ts.optimizer.param_state) if ts.optimizer else None
     return Checkpoint(
-        arch=graph.recognised_arch(tensors), tensors=tensors, ties=ties, train_state=ts, trainable=trainable,
+        arch=graph.recognised_arch(tensors, families), tensors=tensors, ties=ties, train_state=ts, trainable=trainable,
         layout=Layout(NAME, _variant(tag), {"tag": tag.folder.name, "weights": weights,
                                             "buffer_names": list(tag.states.get("buffer_names") or ())}),
     )

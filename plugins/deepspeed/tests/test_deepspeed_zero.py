@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from ckpt_core import torchfile
 from deepspeed_runs import RUNS
 
 import ckpt_core
@@ -41,9 +42,9 @@ def test_fp32_weights_equal_zero_to_fp32(ds_runs, name):
     module = expected(run)["module"]
     dropped = {"frozen.weight", "frozen.bias"} if name.startswith("z1") else set()  # zero_to_fp32 loses ZeRO-1's frozen ones
     assert sorted(ck.names()) == sorted(set(reference) | dropped) and not dropped & set(reference)
-    assert all(torch.equal(ck.tensors[n].to_torch(), module[n]) for n in dropped)
+    assert all(torch.equal(torchfile.to_torch(ck.tensors[n]), module[n]) for n in dropped)
     for n, t in reference.items():
-        got = ck.tensor(n).to_torch()
+        got = torchfile.to_torch(ck.tensor(n))
         assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got.view(torch.uint8), t.view(torch.uint8)), n
     assert ck.ties == {"head.weight": "embed.weight"}
     assert ck.layout.variant == f"zero{name[1]}"
@@ -58,10 +59,10 @@ def test_master_weights_and_adam_moments_equal_the_engines(ds_runs, name):
     assert set(opt.param_state) == set(engine) == {n for n in ck.tensors if n not in ("scale", "frozen.weight", "frozen.bias")}
     assert ck.trainable == tuple(n for n in ck.tensors if n in engine)
     for n, held in engine.items():
-        assert torch.equal(ck.tensors[n].to_torch(), held["fp32"]), n
+        assert torch.equal(torchfile.to_torch(ck.tensors[n]), held["fp32"]), n
         for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.equal(opt.param_state[n][key].to_torch(), held[key]), (n, key)
-        assert opt.param_state[n]["step"].to_torch().item() == 2
+            assert torch.equal(torchfile.to_torch(opt.param_state[n][key]), held[key]), (n, key)
+        assert torchfile.to_torch(opt.param_state[n]["step"]).item() == 2
     frozen = ["frozen.weight", "frozen.bias"] if name.startswith("z0") else []  # without ZeRO torch's AdamW lists them
     assert opt.kind == "adamw" and [g["params"] for g in opt.groups] == [list(engine) + frozen]
     assert opt.groups[0]["lr"] == 0.0025 and opt.groups[0]["weight_decay"] == 0.1
@@ -74,7 +75,7 @@ def test_module_weights_in_their_own_dtype(ds_runs, name):
     module = expected(run)["module"]
     assert list(ck.names()) == [n for n in module if n != "head.weight"] + ["head.weight"]
     for n, t in module.items():
-        assert torch.equal(ck.tensor(n).to_torch(), t), n
+        assert torch.equal(torchfile.to_torch(ck.tensor(n)), t), n
     assert ck.tensors["proj.weight"].dtype == {"fp32": "F32", "fp16": "F16"}.get(name.split("-")[1], "BF16")
 
 
