@@ -38,14 +38,13 @@ import os
 import pickle
 import secrets
 import struct
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import progress
 from ..errors import CorruptInput
-from ..safetensors_io import copy_range, write_all
-from ..tensor import FileRange, Tensor
+from ..safetensors_io import copy_range, crc32, crc32_range, write_all
+from ..tensor import Tensor
 from .archive import ZIP_ERRORS, is_zip, stored_records
 from .names import LEGACY_STORAGES, TORCH_DTYPES
 
@@ -54,7 +53,7 @@ if TYPE_CHECKING:
 
 PROTOCOL = 2  # torch.save's default
 ALIGNMENT = 64  # torch aligns every record's data to this (its ``.storage_alignment``)
-CHUNK_SIZE = 32 * 1024 * 1024  # bytes per copy step and per read when computing a CRC-32
+CHUNK_SIZE = 32 * 1024 * 1024  # bytes per write of a computed tensor
 
 
 
@@ -290,21 +289,6 @@ def _end_records(records: list[_Record], start: int, end: int) -> bytes:
 # -- tensor bytes ----------------------------------------------------------------------------
 
 
-def _crc_range(rng: FileRange) -> int:
-    """The CRC-32 of a file range, read through one reused buffer."""
-    crc, offset, left = 0, rng.offset, rng.nbytes
-    buffer = memoryview(bytearray(min(left, CHUNK_SIZE)))
-    with open(rng.path, "rb", buffering=0) as f:
-        while left:
-            done = os.preadv(f.fileno(), [buffer[:min(left, len(buffer))]], offset)
-            if not done:
-                raise CorruptInput(f"{rng.path}: file ends inside a tensor's data (truncated?)")
-            crc = zlib.crc32(buffer[:done], crc)
-            offset += done
-            left -= done
-    return crc
-
-
 def _stored_crcs(path: Path) -> dict[tuple[int, int], int]:
     """``(data offset, size) -> CRC-32`` of each storage record of the torch zip file at
     ``path``; empty for a file that is not one."""
@@ -365,12 +349,12 @@ def save(obj: Any, path: Path) -> None:
                 piece = flat[start:start + CHUNK_SIZE]
                 write_all(out, piece)
                 progress.advance(len(piece))
-            return pool.submit(zlib.crc32, flat)
+            return pool.submit(crc32, flat)
 
         def write_small(name: bytes, content: bytes) -> None:
             record = begin(name, len(content))
             write_all(out, content)
-            record.crc = zlib.crc32(content)
+            record.crc = crc32(content)
             end(record)
 
         for name, content in small:
@@ -384,7 +368,7 @@ def save(obj: Any, path: Path) -> None:
                     known_crcs[rng.path] = _stored_crcs(rng.path)
                 known = known_crcs[rng.path].get((rng.offset, rng.nbytes))
                 copy_range(rng, out)
-                record.crc = known if known is not None else pool.submit(_crc_range, rng)
+                record.crc = known if known is not None else pool.submit(crc32_range, rng)
             elif t.nbytes:
                 if last_computed is not None:
                     last_computed.result()  # the previous computed tensor is checksummed and freed
