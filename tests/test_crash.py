@@ -16,7 +16,7 @@ the end included. After every kill:
 - a normal run to the same destination then succeeds and removes those leftovers.
 
 Operations: ``ckpt-core convert`` to canonical, safetensors, mlx and nanogpt (a torch
-pickle), ``ckpt_core.save`` to a sharded safetensors directory, ``--overwrite`` of a file
+pickle), ``ckpt_core.save`` to a sharded safetensors directory (two shards written at once), ``--overwrite`` of a file
 and of a directory, a new step saved into an MLX run directory, and ``ckpt-core prune``.
 
 A full disk (a 2 MB tmpfs where this process may mount one, and everywhere a write that
@@ -248,7 +248,7 @@ CONVERTS = [
     ("convert-nanogpt", ("--import-torch", "cli", "convert"), "nanogpt", "ckpt.pt", 3, False),
     ("convert-dcp", ("--import-torch", "cli", "convert"), "dcp", "step-1", 3, False),
 ]
-SHARDED = {"options": {"max_shard_size": "8MB"}}
+SHARDED = {"options": {"max_shard_size": "8MB"}, "workers": 2}  # shards written two at once (``pool``)
 
 
 def worker_args(prefix: tuple[str, ...], src: Path, dst: Path, target: str) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from . import atomic, compare, files, losses, progress, rundir, schema, transforms
+from . import atomic, compare, files, losses, pool, progress, rundir, schema, transforms
 from .errors import CkptError, CorruptInput, DestinationExists, NotFound, PluginError, UnknownFormat, UsageError
 from .model import Checkpoint, Detection, FormatSpec, RunEntry, TrainState
 from .plugins import registry
@@ -108,7 +108,8 @@ def load(path: Path | str, format: str | None = None, options: Mapping[str, Any]
 
 def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, Any] | None = None, *,
          overwrite: bool = False, allow_loss: Collection[str] = (), merge_adapters: bool = False,
-         tied_head: str = "untie", cast: Mapping[str, str] | None = None, show_progress: bool = False) -> Checkpoint:
+         tied_head: str = "untie", cast: Mapping[str, str] | None = None, show_progress: bool = False,
+         workers: int | None = None) -> Checkpoint:
     """Write ``ck`` at ``path`` in ``format``, atomically; refuse any loss not allowed.
     Returns the checkpoint as written (after merging, casting and allowed losses).
 
@@ -116,8 +117,12 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
     ``tied_head``: what names tied to a merged weight get, see ``transforms.merge_adapters``);
     ``cast`` maps dtypes to cast (``{"F64": "F32"}``); ``allow_loss`` names what may be
     dropped (``train_state``, ``optimizer_state``, ``kv_sharing``, ``trainable``, ``extra``).
+    ``workers``: how many files of a many-file format are written at once (``pool``; None:
+    ``pool.DEFAULT``; 1: one after the other).
     """
     path = Path(path)
+    if workers is not None and (type(workers) is not int or not 1 <= workers <= pool.MAX):
+        raise UsageError(f"workers={workers!r}: give a number of workers from 1 to {pool.MAX}")
     reg = registry()
     spec = reg.spec(format)
     opts = check_options(spec, options)
@@ -129,7 +134,8 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
         ck = transforms.merge_adapters(ck, tied_head)
     ck = losses.apply_allowed(ck, spec, allow_loss)
     ck.validate()
-    with progress.bar(ck.nbytes, f"writing {format}", enabled=show_progress), atomic.atomic_output(path, overwrite) as tmp:
+    with (progress.bar(ck.nbytes, f"writing {format}", enabled=show_progress), pool.workers(workers),
+          atomic.atomic_output(path, overwrite) as tmp):
         written = _call(reg.hook.from_canonical, format, checkpoint=ck, path=tmp, options=opts)
         if not written:
             raise PluginError(f"no plugin wrote format {format!r} (its plugin does not implement from_canonical)")
@@ -138,7 +144,8 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
 
 def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any] | None = None, *,
             from_format: str | None = None, overwrite: bool = False, allow_loss: Collection[str] = (),
-            merge_adapters: bool = False, cast: Mapping[str, str] | None = None, show_progress: bool = False) -> Checkpoint:
+            merge_adapters: bool = False, cast: Mapping[str, str] | None = None, show_progress: bool = False,
+            workers: int | None = None) -> Checkpoint:
     """Convert ``src`` to format ``to`` at ``dst``; return the checkpoint as written. Options
     go to whichever of the two formats declares them (both, if both do); an option neither
     declares is refused. ``tied_head``, the option of the formats with tied adapters (LoRA),
@@ -160,7 +167,7 @@ def convert(src: Path | str, dst: Path | str, to: str, options: Mapping[str, Any
     atomic.check_apart(dst, src, used)
     return save(ck, dst, to, write_opts, overwrite=overwrite, allow_loss=allow_loss, merge_adapters=merge_adapters,
                 tied_head=options.get("tied_head", "untie") if merge_adapters else "untie", cast=cast,
-                show_progress=show_progress)
+                show_progress=show_progress, workers=workers)
 
 
 def check_destination(dst: Path, overwrite: bool) -> None:

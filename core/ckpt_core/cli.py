@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from . import api, losses
+from . import api, losses, pool
 from .dtypes import ALL_DTYPES, STANDARD_DTYPES
 from .errors import CkptError, CkptWarning, UnknownFormat
 from .model import Checkpoint, FormatSpec, RunEntry, TrainState
@@ -110,7 +110,7 @@ Option values are read as JSON, else as a Python literal, else as a plain string
 
 examples:
   ckpt-core convert model.safetensors out/canon --to canonical
-  ckpt-core convert out/canon big --to safetensors --option max_shard_size=2GB
+  ckpt-core convert out/canon big --to safetensors --option max_shard_size=2GB --workers 2
   ckpt-core convert lora.pt merged.safetensors --to safetensors --merge-adapters
   ckpt-core convert ckpt.pt weights.safetensors --to safetensors --allow-loss train_state
   ckpt-core convert model.safetensors half.safetensors --to safetensors --cast F32=BF16"""
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow dropping KIND, which the target cannot hold (repeatable)")
     p.add_argument("--cast", action="append", default=[], type=_cast, metavar="SRC=DST",
                    help="cast tensors of dtype SRC to DST, for example F64=F32 (repeatable)")
+    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help=f"files written at once, for formats of several files (default {pool.DEFAULT} here; 1: one after the other)")
 
     p = command("diff", cmd_diff, "compare two checkpoints tensor by tensor, in any formats", DIFF_EPILOG)
     p.add_argument("a", metavar="A", help="a checkpoint")
@@ -343,6 +345,16 @@ def _option(text: str) -> tuple[str, Any]:
         return key.strip(), parse_value(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"option {key.strip()[:80]}: {e}") from None
+
+
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= pool.MAX:
+        raise argparse.ArgumentTypeError(f"expected a number of workers from 1 to {pool.MAX}, got {text!r}")
+    return n
 
 
 def _cast(text: str) -> tuple[str, str]:
@@ -489,7 +501,7 @@ def _state_facts(ts: TrainState) -> dict[str, Any]:
 def cmd_convert(args) -> None:
     written = api.convert(args.src, args.dst, args.to, dict(args.option), from_format=args.from_format,
                           overwrite=args.overwrite, allow_loss=args.allow_loss, merge_adapters=args.merge_adapters,
-                          cast=dict(args.cast), show_progress=not args.quiet)
+                          cast=dict(args.cast), show_progress=not args.quiet, workers=args.workers)
     facts = {"path": args.dst, "format": args.to, "tensors": len(written.tensors), "bytes": _disk_usage(Path(args.dst))}
     if args.json:
         _emit(facts)

@@ -22,6 +22,12 @@ def advance(nbytes: int) -> None:
         listener(nbytes)
 
 
+def listener() -> Callable[[int], None] | None:
+    """The callback ``advance`` reports to here (None: nobody listens); ``pool`` hands it
+    to the threads that write a checkpoint's files."""
+    return _listener.get()
+
+
 @contextlib.contextmanager
 def listen(callback: Callable[[int], None]) -> Iterator[None]:
     """Send every ``advance`` inside the block to ``callback`` (for API users and tests)."""

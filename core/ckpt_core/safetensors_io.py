@@ -27,7 +27,7 @@ import struct
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import dtypes, jsonfile, progress
+from . import dtypes, jsonfile, pool, progress
 from .errors import CorruptInput, NotFound, UnsafeInput, UsageError
 from .files import open_regular
 from .tensor import CHUNK_SIZE, FileRange, Tensor
@@ -267,15 +267,18 @@ def write_sharded(directory: Path, tensors: Mapping[str, Tensor], max_shard_size
 
     Writes ``<prefix>.safetensors`` alone when everything fits one shard, otherwise
     numbered shards; the index ``<prefix>.safetensors.index.json`` (sorted keys, indent 2)
-    is written when there are several shards, or as ``index`` says. Returns the weight map
+    is written when there are several shards, or as ``index`` says. The shards are written
+    by ``pool.run``, several at once when the write has workers. Returns the weight map
     (name -> shard file name) and the per-tensor checksums (empty unless ``checksums``).
     """
     groups = plan_shards(tensors, parse_size(max_shard_size))
     names = shard_names(prefix, len(groups))
+    jobs = [functools.partial(write_file, directory / file_name, {n: tensors[n] for n in group}, metadata,
+                              checksums=checksums) for file_name, group in zip(names, groups)]
     sums: dict[str, str] = {}
     weight_map = {}
-    for file_name, group in zip(names, groups):
-        sums.update(write_file(directory / file_name, {n: tensors[n] for n in group}, metadata, checksums=checksums))
+    for file_name, group, file_sums in zip(names, groups, pool.run(jobs)):
+        sums.update(file_sums)
         weight_map.update(dict.fromkeys(group, file_name))
     if index or (index is None and len(groups) > 1):
         content = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
