@@ -30,7 +30,8 @@ round robin so that disk drift spreads over every case):
 
   cp, cp+sync     `cp -r` of each source, then with the copy fsync-ed (ckpt-core fsyncs
                   what it writes, so cp+sync is the fair baseline; targets use it)
-  rename-only     canonical -> mlx, mlx -> canonical, moshi -> canonical, canonical -> moshi
+  rename-only     canonical -> mlx, mlx -> canonical, moshi -> canonical, canonical -> moshi,
+                  and moshi -> canonical in 100 MB shards with --workers 1 and 2 (parallel I/O)
   layout change   nanogpt -> modded-nanogpt (drop_unmapped), modded-nanogpt -> nanogpt
                   (fill_missing), nanogpt -> mlx, mlx -> nanogpt
   naive           per conversion, what a user's script does: load everything
@@ -198,6 +199,11 @@ CONVERSIONS = [
     ("mlx->canonical", "rename", "mlx", "canonical", "canonical-out", (), "st"),
     ("moshi->canonical", "rename", "moshi", "canonical", "canonical-out", (), "st"),
     ("canonical->moshi", "rename", "moshi-canonical", "moshi", "moshi-out", (), "st"),
+    # a multi-shard write (about ten 100 MB shards), one shard at a time and two at once (``--workers``)
+    ("moshi->canonical 100MB w1", "rename", "moshi", "canonical", "canonical-out",
+     ("-o", "max_shard_size=100MB", "--workers", "1"), "st"),
+    ("moshi->canonical 100MB w2", "rename", "moshi", "canonical", "canonical-out",
+     ("-o", "max_shard_size=100MB", "--workers", "2"), "st"),
     ("nanogpt->modded", "layout", "nanogpt", "modded-nanogpt", "state_step005000.pt", ("-o", "drop_unmapped=true"), "pt"),
     ("modded->nanogpt", "layout", "modded", "nanogpt", "ckpt.pt",
      ("-o", "fill_missing=true", "-o", f"block_size={bl.BLOCK}"), "pt"),
@@ -241,7 +247,7 @@ def measure(cases: list[dict], out: Path, env: dict[str, str], repeat: int) -> d
             out.mkdir()
             runs[c["name"]].append(bl.run(c["argv"], env))
             wall, rss, _ = runs[c["name"]][-1]
-            print(f"  run {rep + 1}: {c['name']:<24} {wall:7.2f} s  {rss / MB:7.0f} MB", file=sys.stderr, flush=True)
+            print(f"  run {rep + 1}: {c['name']:<26} {wall:7.2f} s  {rss / MB:7.0f} MB", file=sys.stderr, flush=True)
     shutil.rmtree(out, ignore_errors=True)
     return {c["name"]: {**c, **bl.summarize(runs[c["name"]]), "argv": c["argv"]} for c in cases}
 
@@ -268,18 +274,18 @@ def print_size(label: str, results: dict, src: Sources) -> None:
         print(f"  {s:<16} {bl.human(src.size[s]):>8}  largest tensor {bl.human(src.largest[s]):>7}  {p.relative_to(src.root)}")
     if not results:
         return
-    head = (f"{'case':<24} {'wall s':>7} {'min s':>6} {'cpu s':>5} {'x cp':>5} {'x cp+s':>6} {'x naive':>7} {'RSS MB':>7} "
+    head = (f"{'case':<26} {'wall s':>7} {'min s':>6} {'cpu s':>5} {'x cp':>5} {'x cp+s':>6} {'x naive':>7} {'RSS MB':>7} "
             f"{'RSS tgt':>7} {'RSS/nv':>6}  {'wall':<4} {'RSS':<4} {'1.5x':<4} {'3x':<4}")
     print(head)
     print("-" * len(head))
     for r in results.values():
         if r["group"] in ("rename", "layout"):
             v = r["verdict"]
-            print(f"{r['name']:<24} {r['wall']:7.2f} {r['wall_min']:6.2f} {r['cpu']:5.2f} {v['x_cp']:5.2f} {v['x_cp_sync']:6.2f} "
+            print(f"{r['name']:<26} {r['wall']:7.2f} {r['wall_min']:6.2f} {r['cpu']:5.2f} {v['x_cp']:5.2f} {v['x_cp_sync']:6.2f} "
                   f"{v['x_naive']:7.2f} {r['rss'] / MB:7.0f} {v['rss_target'] / MB:7.0f} {v['rss_x_naive']:6.2f}  "
                   f"{mark(v['wall_ok'])} {mark(v['rss_ok'])} {mark(v['faster_ok'])} {mark(v['smaller_ok'])}")
         elif r["group"] != "naive":
-            print(f"{r['name']:<24} {r['wall']:7.2f} {r['wall_min']:6.2f} {r['cpu']:5.2f} {'':>5} {'':>6} {'':>7} {r['rss'] / MB:7.0f}")
+            print(f"{r['name']:<26} {r['wall']:7.2f} {r['wall_min']:6.2f} {r['cpu']:5.2f} {'':>5} {'':>6} {'':>7} {r['rss'] / MB:7.0f}")
     naive = [r for r in results.values() if r["group"] == "naive"]
     if naive:
         print("naive paths (load all, rename, save):")
