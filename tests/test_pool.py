@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import ckpt_core
-from ckpt_core import CorruptInput, Tensor, UsageError, plugins, pool, progress
+from ckpt_core import CorruptInput, UsageError, pool, progress
 from ckpt_core.cli import main
 from ckpt_core.tensor import same_bytes
 
@@ -22,11 +22,8 @@ SHARD = "300KB"  # the source's 12 tensors of 64-192 KB make 5 to 6 shards
 
 
 @pytest.fixture(autouse=True)
-def builtins_only(monkeypatch):
-    monkeypatch.setenv(plugins.ENV_VAR, "")
-    plugins.reset()
-    yield
-    plugins.reset()
+def builtins_only(ckpt_plugins_only):
+    ckpt_plugins_only()
 
 
 @pytest.fixture

@@ -29,10 +29,15 @@ those jobs in order (no pool inside a pool).
 Memory: a running job holds what one file's writer holds (one tensor, or a chunk of a file
 range), so N workers hold up to N times that.
 
-Plugins adopt it in the same way: the dcp writer makes one job per rank's ``.distcp`` file
-and writes ``.metadata`` after ``run`` returns; the deepspeed writer one job per ZeRO rank's
-optimizer file (and one for the model states). Nothing else changes: no hook's signature,
-no option.
+Plugins adopt it the same way, with no change to a hook's signature or an option:
+
+- dcp: plan first (each value's rank, offset and length come from sizes alone, so
+  ``.metadata`` can be built before a byte is written), then one job per rank that writes
+  its ``__R_N.distcp`` file in plan order; ``.metadata`` is written after ``run`` returns;
+- deepspeed: one job per rank, ``functools.partial(save_rank, rank)``, where ``save_rank``
+  builds that rank's optimizer state and writes it with ``torchfile.save`` (so a worker
+  holds one rank's state), and one for ``mp_rank_00_model_states.pt``; ``latest`` after
+  ``run`` returns.
 """
 
 from __future__ import annotations
