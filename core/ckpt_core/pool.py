@@ -127,5 +127,9 @@ def _job(job: Callable[[], T], stop: threading.Event, forward: Callable[[int], N
     if stop.is_set():
         raise Stopped("stopped: another file of this write failed")
     _inside.set(True)
-    with progress.listen(listener):
-        return job()
+    try:
+        with progress.listen(listener):
+            return job()
+    except BaseException:
+        stop.set()  # at once: a worker freed by this failure must not start the next job
+        raise
