@@ -1,4 +1,4 @@
-"""Teacher directories: every weight layout transformers has written, detection, and what
+"""Llama / Qwen directories: every weight layout transformers has written, detection, and what
 the plugin writes loading back into transformers with equal logits."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from swiftkv_reference import TOKENIZER, save_bin
+from hf_reference import TOKENIZER, save_bin
 from safetensors import safe_open
 
 import ckpt_core
@@ -213,8 +213,8 @@ def test_bad_index_and_config_are_one_line_errors(tmp_path, llama_dir):
     assert ckpt_core.detect(broken)[0].format == "hf"
     with pytest.raises(CorruptInput, match="not valid JSON"):
         ckpt_core.load(broken)
-    (broken / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(CorruptInput, match="model_type 'gpt2'"):
+    (broken / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CorruptInput, match="model_type 'bert'"):
         ckpt_core.load(broken, "hf")
 
 
