@@ -13,16 +13,20 @@ GPT-2 is the core's ``gpt`` family (nanoGPT's names, which are GPT-2's): ``GPT2`
 four ``Conv1D`` weights GPT-2 stores [in, out], transposed exactly on the way in and out.
 
 Another distribution may add optional tensors to a decoder family (SwiftKV's ``*_swiftkv``
-copies): an entry point in group ``ckpt_plugin_hf.tensors`` naming a function
-``(family, {pattern: shape}) -> [TensorRule, ...]``. A broken one is skipped with a warning.
+copies): an entry point in group ``ckpt_plugin_hf.tensors``, named as that distribution's
+``ckpt_core`` plugin, naming a function ``(family, {pattern: shape}) -> [TensorRule, ...]``.
+It is used when that plugin is (``CKPT_CORE_PLUGINS`` selects plugins); a broken one is
+skipped with a warning.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import warnings
 
 from ckpt_core import CkptWarning, FamilySchema, TensorRule
+from ckpt_core.plugins import ENV_VAR
 
 L = "model.layers.{i}."
 Q, KV = "n_head*head_dim", "n_kv_head*head_dim"
@@ -108,8 +112,11 @@ def decoder_rules(family: str) -> list[TensorRule]:
 def _extensions(family: str, rules: list[TensorRule]) -> list[TensorRule]:
     """Other distributions' optional tensors for ``family`` (group ``EXTENSIONS``)."""
     shapes = {r.pattern: r.shape for r in rules}
+    selected = os.environ.get(ENV_VAR)
     added: list[TensorRule] = []
     for ep in sorted(importlib.metadata.entry_points(group=EXTENSIONS), key=lambda e: e.name):
+        if selected is not None and ep.name not in {n.strip() for n in selected.split(",")}:
+            continue
         try:
             added += [TensorRule(r.pattern, r.shape, required=False) for r in ep.load()(family, dict(shapes))]
         except Exception as e:  # another distribution's bug must not break this format
