@@ -18,7 +18,7 @@ from ckpt_core.model import Layout
 
 from . import config as cfg
 from . import gpt2, hfdir
-from .families import MODEL_TYPES, family_of_model_type
+from .families import MODEL_TYPES, family_of_model_type, own_schema
 
 HF = "hf"
 
@@ -83,7 +83,15 @@ def kept(ck: Checkpoint, fmt: str = HF, also: str | None = None) -> tuple[dict, 
 
 
 def save(ck: Checkpoint, path: Path, options: dict[str, Any]) -> Checkpoint:
-    """The ``hf`` writer: config.json derived from ``ck`` under its carried fields."""
+    """The ``hf`` writer: config.json derived from ``ck`` under its carried fields. Tensors
+    other plugins add to a family (a SwiftKV student's) are refused: transformers' model of
+    the family has no place for them."""
+    foreign = [n for n in ck.tensors if own_schema(ck.arch.family).rule_for(n) is None]
+    if foreign:
+        raise LossyConversion(f"{foreign[0]}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}: not "
+                              f"{ck.arch.family} tensors (another plugin's additions), which a Hugging Face directory "
+                              "has no place for; convert to that plugin's format, or drop them with its options. "
+                              "Nothing was written.")
     fields, files = kept(ck)
     write(ck, path, cfg.build(cfg.derived(ck), fields), files, options)
     return ck

@@ -21,6 +21,7 @@ skipped with a warning.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import warnings
@@ -135,3 +136,13 @@ def schema(family: str, extended: bool = True) -> FamilySchema:
     if family == "qwen3":
         derive["head_dim"] = (L + "self_attn.q_norm.weight", 0)
     return FamilySchema(family, DESCRIPTIONS[family], tuple(rules), derive)
+
+
+@functools.cache
+def own_schema(family: str) -> FamilySchema:
+    """``family`` as this plugin alone has it: what an HF directory of it holds."""
+    if family == "gpt":
+        from ckpt_core.gpt import GPT
+
+        return GPT
+    return schema(family, extended=False)
