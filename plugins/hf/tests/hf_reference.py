@@ -1,10 +1,12 @@
 """Reference layouts for the hf tests: tiny transformers models of each family, saved as
-transformers saves them (``save_pretrained``), or as transformers 4 wrote pickles."""
+transformers saves them (``save_pretrained``), or as transformers 4 wrote pickles; and the
+fixtures of such directories (conftest.py here and in the swiftkv tests import them)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 TOKENIZER = b'{"version": "1.0", "model": {"type": "BPE"}}\n'
@@ -54,3 +56,38 @@ def save_bin(model, directory, shards: int = 1):
     index = {"metadata": {"total_size": 0}, "weight_map": dict(sorted(weight_map.items()))}
     (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
     return directory
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def llama_model():
+    return make_model("llama")
+
+
+@pytest.fixture(scope="session")
+def qwen3_model():
+    return make_model("qwen3", tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="session")
+def qwen2_model():
+    return make_model("qwen2", num_hidden_layers=3)
+
+
+@pytest.fixture
+def llama_dir(tmp_path, llama_model):
+    """A Llama in many shards (HF names), with a tokenizer file."""
+    return save_teacher(llama_model, tmp_path / "llama", max_shard_size="20KB")
+
+
+@pytest.fixture
+def qwen3_dir(tmp_path, qwen3_model):
+    """A Qwen3 with tied embeddings in one model.safetensors."""
+    return save_teacher(qwen3_model, tmp_path / "qwen3")
+
+
+@pytest.fixture
+def qwen2_dir(tmp_path, qwen2_model):
+    return save_teacher(qwen2_model, tmp_path / "qwen2")
