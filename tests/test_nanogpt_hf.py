@@ -139,6 +139,20 @@ def test_gelu_new_gpt2_keeps_its_activation(tmp_path):
     assert torch.equal(_hf_logits(tmp_path / "b"), _hf_logits(tmp_path / "a"))
 
 
+def test_a_bare_gpt2_model_as_the_hub_keeps_it_reads_as_the_lm(tmp_path):
+    """The hub's ``gpt2`` is a ``GPT2Model`` state dict (``wte.weight``, ``h.0...``, no
+    head): read under ``transformer.`` with the head tied, it goes into nanoGPT strictly."""
+    from transformers import GPT2Model
+
+    lm = _transformers_gpt2(tmp_path / "lm")
+    bare = GPT2Model(lm.config)
+    bare.load_state_dict(lm.transformer.state_dict())
+    bare.save_pretrained(tmp_path / "bare")
+    ck = ckpt_core.load(tmp_path / "bare")
+    assert ck.ties == {"lm_head.weight": "transformer.wte.weight"} and "transformer.h.0.attn.c_attn.weight" in ck.tensors
+    assert differences(ckpt_core.load(tmp_path / "lm").evolve(extra={}), ck.evolve(extra={})) == []
+
+
 @pytest.mark.skipif(not os.environ.get("CKPT_CORE_FRESH_VENV"), reason="builds a fresh venv from the package index "
                     "(about 60 s): set CKPT_CORE_FRESH_VENV=1")
 def test_a_fresh_venv_with_core_nanogpt_and_hf_exports_to_gpt2(tmp_path):

@@ -27,6 +27,7 @@ PARAMS = "ckpt_core_params"  # safetensors metadata key: the hyper-parameters' n
 BIASES = (H + "ln_1.bias", H + "attn.c_attn.bias", H + "attn.c_proj.bias", H + "ln_2.bias", H + "mlp.c_fc.bias",
           H + "mlp.c_proj.bias")
 LAST_BIAS = "transformer.ln_f.bias"
+PREFIX = "transformer."
 LAYER = re.compile(r"transformer\.h\.(\d+)\.")
 
 
@@ -43,8 +44,11 @@ def is_conv1d(name: str) -> bool:
 
 
 def from_hf(tensors: dict[str, Tensor], metadata: dict[str, str], where: str) -> dict[str, Tensor]:
-    """Canonical tensors of a GPT-2 state dict: Conv1D weights transposed, the zero biases
-    a writer added (and nothing else) dropped."""
+    """Canonical tensors of a GPT-2 state dict: names of a bare ``GPT2Model`` (the hub's
+    ``gpt2``: ``wte.weight``, ``h.0...``) under ``transformer.``, Conv1D weights transposed,
+    the zero biases a writer added (and nothing else) dropped."""
+    if PREFIX + "wte.weight" not in tensors and "wte.weight" in tensors:
+        tensors = {n if n == "lm_head.weight" else PREFIX + n: t for n, t in tensors.items()}
     added = _names(metadata, ADDED, where) or []
     if added and all(n in tensors and _all_zero(tensors[n]) for n in added):
         tensors = {n: t for n, t in tensors.items() if n not in added}
