@@ -7,8 +7,8 @@ the embedding's dtype (so a cast checkpoint loads as what it is), and any other
 hyper-parameter under ``ckpt_core_arch``. For GPT-2 it also states what makes transformers
 compute what nanoGPT computes: ``activation_function`` "gelu" (nanoGPT's exact GELU; a
 GPT-2 read with another keeps it as the hyper-parameter ``activation_function``), LayerNorm
-eps 1e-5, ``n_ctx`` = ``n_positions``, ``n_inner`` when the MLP is not 4 x wide, and the
-dropouts from ``dropout``. The reader keeps, in the checkpoint's ``extra``, exactly the
+eps 1e-5, ``n_ctx`` = ``n_positions``, ``n_inner`` when the MLP is not 4 x wide, the
+dropouts from ``dropout``, and bos/eos ``<|endoftext|>`` only when the vocabulary has it. The reader keeps, in the checkpoint's ``extra``, exactly the
 fields whose value differs from what would be derived (sorted by key), so that writing them
 over the derived ones gives the same config back, and a checkpoint that never had a
 config.json gains none in ``extra``.
@@ -30,6 +30,7 @@ WTE = "transformer.wte.weight"
 TIES = {"gpt": {LM_HEAD: WTE}}  # the one tie a directory can state (tie_word_embeddings)
 DEFAULT_TIE = {LM_HEAD: EMBED}
 GPT2_DROPOUTS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+ENDOFTEXT = 50256  # GPT-2's <|endoftext|>: bos and eos when the vocabulary has it
 
 
 def tie_of(family: str) -> dict[str, str]:
@@ -99,6 +100,9 @@ def _gpt2(out: dict, params: dict) -> dict[str, Any]:
     fields["n_inner"] = None if d_ff is None or d_ff == 4 * out.get("n_embd", -1) else d_ff
     dropout = params.pop("dropout", 0.0)
     fields.update(dict.fromkeys(GPT2_DROPOUTS, dropout))
+    vocab = out.get("vocab_size")
+    fields.update(dict.fromkeys(("bos_token_id", "eos_token_id"),
+                                ENDOFTEXT if isinstance(vocab, int) and vocab > ENDOFTEXT else None))
     params.pop("bias", None)  # GPT-2 always has biases: nanoGPT's bias=False gets zeros (gpt2.py)
     return fields
 
