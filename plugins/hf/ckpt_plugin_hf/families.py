@@ -9,7 +9,7 @@ they are canonical as they are. Qwen2 always has q/k/v biases, Qwen3 has per-hea
 ``q_norm`` / ``k_norm`` and no biases unless ``attention_bias``. ``lm_head.weight`` is a tie
 to ``model.embed_tokens.weight`` when ``tie_word_embeddings`` is set.
 
-GPT-2 is the core's ``gpt`` family (nanoGPT's names, which are GPT-2's): ``GPT2`` lists the
+GPT-2 is the core's ``gpt`` family (nanoGPT's names, which are GPT-2's): ``GPT2_CONV1D`` lists the
 four ``Conv1D`` weights GPT-2 stores [in, out], transposed exactly on the way in and out.
 
 Another distribution may add optional tensors to a decoder family (SwiftKV's ``*_swiftkv``
