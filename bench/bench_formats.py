@@ -23,6 +23,8 @@ Per size it generates, in a temp dir (deleted at the end unless --keep):
              (shapes from moshi itself on the meta device: the 7B config with as many
              layers as fit; at 1 GB the width is 2048, at 100 MB 256)
   moshi-canonical  moshi-canonical/: ckpt-core convert of moshi/consolidated/
+  hf         gpt2-hf/: a Hugging Face GPT-2 directory (Conv1D weights [in, out], zero biases
+             for bias=False), ckpt-core convert of canonical/
 
 and checks that `ckpt-core detect` names each one's format. Then it times, each in its own
 process (wall from the parent, peak RSS from wait4's rusage; medians of --repeat runs,
@@ -33,7 +35,8 @@ round robin so that disk drift spreads over every case):
   rename-only     canonical -> mlx, mlx -> canonical, moshi -> canonical, canonical -> moshi,
                   and moshi -> canonical in 100 MB shards with --workers 1 and 2 (parallel I/O)
   layout change   nanogpt -> modded-nanogpt (drop_unmapped), modded-nanogpt -> nanogpt
-                  (fill_missing), nanogpt -> mlx, mlx -> nanogpt
+                  (fill_missing), nanogpt -> mlx, mlx -> nanogpt, nanogpt -> hf (GPT-2:
+                  four transposes per layer, training state dropped), hf -> nanogpt
   naive           per conversion, what a user's script does: load everything
                   (safetensors.torch.load_file, or torch.load), rename the keys, save
                   (save_file, dropping tied duplicates it refuses, or torch.save). It only
@@ -126,13 +129,15 @@ class Sources:
     """The checkpoints of one size, their formats and largest tensors."""
 
     FORMATS: ClassVar[dict[str, str]] = {"nanogpt": "nanogpt", "canonical": "canonical", "mlx": "mlx",
-                                         "modded": "modded-nanogpt", "moshi": "moshi", "moshi-canonical": "canonical"}
+                                         "modded": "modded-nanogpt", "moshi": "moshi", "moshi-canonical": "canonical",
+                                         "hf": "hf"}
 
     def __init__(self, root: Path, size: int, cli: str, env: dict[str, str]):
         self.root, self.cli, self.env = root, cli, env
         self.paths = {"nanogpt": root / "out" / "ckpt.pt", "canonical": root / "canonical", "mlx": root / "mlx-run",
                       "modded": root / "logs" / "run" / f"state_step{STEP:06d}.pt",
-                      "moshi": root / "moshi" / "consolidated", "moshi-canonical": root / "moshi-canonical"}
+                      "moshi": root / "moshi" / "consolidated", "moshi-canonical": root / "moshi-canonical",
+                      "hf": root / "gpt2-hf"}
         t0 = time.perf_counter()
         make_nanogpt(self.paths["nanogpt"], size)
         self.convert("nanogpt", "canonical", "canonical")
@@ -141,6 +146,7 @@ class Sources:
         self.convert("nanogpt", "modded", "modded-nanogpt", "-o", "drop_unmapped=true")
         self.moshi_config = make_moshi(self.paths["moshi"], size)
         self.convert("moshi", "moshi-canonical", "canonical")
+        self.convert("canonical", "hf", "hf", "--allow-loss", "train_state")
         self.made = time.perf_counter() - t0
         for name, path in self.paths.items():
             found = json.loads(subprocess.run([cli, "detect", str(path), "--json"], check=True, capture_output=True,
@@ -209,6 +215,8 @@ CONVERSIONS = [
      ("-o", "fill_missing=true", "-o", f"block_size={bl.BLOCK}"), "pt"),
     ("nanogpt->mlx", "layout", "nanogpt", "mlx", "mlx-out", (), "st"),
     ("mlx->nanogpt", "layout", "mlx", "nanogpt", "ckpt.pt", (), "pt"),
+    ("nanogpt->hf", "layout", "nanogpt", "hf", "hf-out", ("--allow-loss", "train_state"), "st"),
+    ("hf->nanogpt", "layout", "hf", "nanogpt", "ckpt.pt", (), "pt"),
 ]
 TARGETS = {"rename": (1.25, 1.2, 150 * MB), "layout": (2.0, 2.0, 300 * MB)}  # wall x cp+sync, RSS x largest + slack
 NAIVE_RSS, NAIVE_WALL, FLAT = 3.0, 1.5, 1.5

@@ -139,7 +139,7 @@ def _plugin_strategy(module: str, name: str):
 _SOURCES = {
     "modded-nanogpt": _plugin_strategy("ckpt_plugin_nanogpt.testing", "checkpoints"),
     "modded-nanogpt-medium": _plugin_strategy("ckpt_plugin_nanogpt.testing", "checkpoints"),
-    "hf": _plugin_strategy("ckpt_plugin_swiftkv.testing", "teachers"),
+    "hf": _plugin_strategy("ckpt_plugin_hf.testing", "checkpoints"),
     "swiftkv": _plugin_strategy("ckpt_plugin_swiftkv.testing", "students"),
     "moshi": _moshi,
 }

@@ -13,7 +13,7 @@ import pytest
 
 TINY_GPT = Path(__file__).parents[1] / "examples" / "tiny-gpt.safetensors"
 HEAVY = ("numpy", "torch", "mlx")
-PLUGINS = {"lora", "mlx", "moshi_ttt", "nanogpt", "swiftkv"}
+PLUGINS = {"hf", "lora", "mlx", "moshi_ttt", "nanogpt", "swiftkv"}
 
 # Runs the command, then writes what it imported (and, once the command is done, which
 # plugins are installed) to the file named by its first argument.

@@ -1,1 +1,1 @@
-"""Hugging Face teacher and SwiftKV student directories, DeepSpeed resume state, for ckpt-core."""
+"""SwiftKV student directories (on Hugging Face teachers) and DeepSpeed resume state, for ckpt-core."""

@@ -21,9 +21,11 @@ from ckpt_core.safetensors_io import read_header, read_index
 from ckpt_core.tensor import Tensor
 from ckpt_core.torchfile import is_zip, scan
 
-from . import hfdir, swiftkv
-from .config import EMBED, LM_HEAD, TIE, ordered
-from .families import FAMILIES, NORM_SWIFTKV, family_of_names
+import ckpt_plugin_hf as hf
+
+from . import swiftkv
+from .config import ordered
+from .families import NORM_SWIFTKV, family_of_names
 
 tag_folder = ds.tag_folder
 HF_STEP = re.compile(r"global_step_(\d+)")
@@ -85,7 +87,7 @@ def train_state(path: Path, states: dict | None = None) -> TrainState:
     )
 
 
-def read(path: Path, options: dict[str, Any]) -> Checkpoint:
+def read(path: Path, options: dict[str, Any], families) -> Checkpoint:
     """Weights (the full ``module`` state dict DeepSpeed keeps below ZeRO-3) and train state."""
     folder = tag_folder(path)
     states = load_states(folder)
@@ -96,16 +98,16 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
     if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in module.items()):
         raise CorruptInput(f"{ds.model_states(folder)}: module is not a mapping of names to tensors")
     ties = {}
-    if LM_HEAD in module and EMBED in module and _shared(module[LM_HEAD], module[EMBED]):
-        ties = dict(TIE)
+    if hf.LM_HEAD in module and hf.EMBED in module and _shared(module[hf.LM_HEAD], module[hf.EMBED]):
+        ties = dict(hf.TIE)
     tensors = {n: t for n, t in module.items() if n not in ties}
     family = family_of_names(tensors)
-    params = FAMILIES[family].derive_params({n: t.shape for n, t in tensors.items()})
+    params = families[family].derive_params({n: t.shape for n, t in tensors.items()})
     plan = _plan(tensors, options)
     if plan is not None and plan.variant == "A":
         params.update(num_key_value_layers=plan.num_kv_layers, key_value_group_size=plan.group_size)
     return Checkpoint(
-        arch=Arch(family, ordered(params)), tensors=tensors, ties=ties,
+        arch=Arch(family, ordered(params, family)), tensors=tensors, ties=ties,
         kv_sharing=plan.kv_sharing() if plan else {},
         trainable=swiftkv.trainable(tensors) if plan else None,
         train_state=train_state(path, states),
@@ -158,8 +160,8 @@ def list_run(run_dir: Path) -> list[RunEntry] | None:
 
 def _hf_complete(folder: Path) -> tuple[bool, str]:
     try:
-        hfdir.read_config(folder)
-        found = hfdir.weights(folder)
+        hf.read_config(folder)
+        found = hf.weights(folder)
         if found is None:
             return False, "no weight files"
         kind, path = found

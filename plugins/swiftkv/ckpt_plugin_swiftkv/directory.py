@@ -1,9 +1,10 @@
-"""Reading and writing teacher (``hf``) and student (``swiftkv``) directories as canonical
-checkpoints: config.json, tensors, ties, the student's plan, and the carried files.
+"""Reading and writing SwiftKV student directories (HF directories, through
+ckpt-plugin-hf's public face) as canonical checkpoints: the student's plan, its KV
+sharing and trainable set, and the teacher's config fields and carried files.
 
-Both formats keep the fields of config.json that are not derived, and the other files of
-the directory, in ``extra`` under their own name; each writer also takes the other's
-(a teacher's tokenizer goes with its student and back).
+A student keeps its config fields and files in ``extra["swiftkv"]``; the writer also takes
+a teacher's (``extra["hf"]``: the tokenizer goes with the student and back). Read with
+``drop_swiftkv``, a student is its teacher: what ``--to hf`` then writes.
 """
 
 from __future__ import annotations
@@ -11,63 +12,49 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import Arch, Checkpoint, CorruptInput, LossyConversion, Tensor, UsageError, graph
-from ckpt_core.model import Layout
+import attrs
+import ckpt_plugin_hf as hf
+from ckpt_core import Arch, Checkpoint, CorruptInput, LossyConversion, UsageError
 
 from . import config as cfg
-from . import hfdir, swiftkv
+from . import swiftkv
 from .families import family_of_model_type
 
-HF, SWIFTKV = "hf", "swiftkv"
+SWIFTKV = "swiftkv"
 
 
-def read(path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
-    """The checkpoint in teacher or student directory ``path`` (tensors lazy)."""
-    config = hfdir.read_config(path)
+def read(path: Path, options: dict[str, Any]) -> Checkpoint:
+    """The student in directory ``path`` (tensors lazy); its teacher with ``drop_swiftkv``."""
+    config = hf.read_config(path)
     found = family_of_model_type(config.get("model_type"))
     if found is None:
-        raise CorruptInput(f"{path / hfdir.CONFIG}: model_type {config.get('model_type')!r} is not llama, qwen2 or qwen3 "
+        raise CorruptInput(f"{path / hf.CONFIG}: model_type {config.get('model_type')!r} is not llama, qwen2 or qwen3 "
                            "(or a *_swiftkv student of one)")
-    tensors, kind, ignored, metadata = hfdir.open_weights(path)
-    recorded = metadata.get(graph.LAYOUTS_KEY)
-    earlier = graph.layouts_from_json(recorded, f"{path}: metadata {graph.LAYOUTS_KEY!r}") if recorded is not None else ()
-    ties = dict(cfg.TIE) if (config.get("tie_word_embeddings") is True and cfg.LM_HEAD not in tensors
-                             and cfg.EMBED in tensors) else {}
-    params = cfg.params_from_config(config)
-    plan, kv_sharing, trainable = None, {}, None
-    if fmt == SWIFTKV:
-        where = str(path / hfdir.CONFIG)
-        plan = swiftkv.from_config(config, swiftkv.n_layer_of(tensors), where)
-        swiftkv.check_structure(plan, tensors, str(path))
-        asked = swiftkv.from_options(options, plan.n_layer)
-        if asked is not None:
-            swiftkv.check_matches(plan, asked)
-        if plan.variant == "A":
-            params = cfg.ordered({**params, "num_key_value_layers": plan.num_kv_layers, "key_value_group_size": plan.group_size})
-        kv_sharing, trainable = plan.kv_sharing(), swiftkv.trainable(tensors)
-    ck = Checkpoint(arch=Arch(found[0], params), tensors=tensors, ties=ties, kv_sharing=kv_sharing, trainable=trainable,
-                    layout=Layout(fmt, plan.variant if plan else kind, {"weights": kind, **({"ignored": ignored} if ignored else {})},
-                                  earlier))
-    kept = {"config": cfg.carried(config, cfg.derived(ck, plan)), "files": hfdir.carried_files(path)}
-    kept = {k: v for k, v in kept.items() if v}
-    return ck.evolve(extra={fmt: kept} if kept else {})
+    family = found[0]
+    ck = hf.read(path, SWIFTKV, family)
+    where = str(path / hf.CONFIG)
+    plan = swiftkv.from_config(config, swiftkv.n_layer_of(ck.tensors), where)
+    swiftkv.check_structure(plan, ck.tensors, str(path))
+    asked = swiftkv.from_options(options, plan.n_layer)
+    if asked is not None:
+        swiftkv.check_matches(plan, asked)
+    params = dict(ck.arch.params)
+    if plan.variant == "A":
+        params.update(num_key_value_layers=plan.num_kv_layers, key_value_group_size=plan.group_size)
+    ck = ck.evolve(arch=Arch(family, cfg.ordered(params, family)), kv_sharing=plan.kv_sharing(),
+                   trainable=swiftkv.trainable(ck.tensors), layout=attrs.evolve(ck.layout, variant=plan.variant))
+    if swiftkv.flag(options, "drop_swiftkv"):
+        teacher = swiftkv.drop_student(ck, True)
+        return hf.with_kept(teacher, hf.HF, cfg.teacher_config(config), hf.derived(teacher), path)
+    return hf.with_kept(ck, SWIFTKV, config, cfg.derived(ck, plan), path)
 
 
-def write(ck: Checkpoint, path: Path, fmt: str, options: dict[str, Any]) -> Checkpoint:
-    """Write ``ck`` as a teacher or student directory at ``path``; return what was written.
-    A teacher written as ``swiftkv`` becomes a student as the options ask, a student
-    written as ``hf`` loses its SwiftKV parts only with ``drop_swiftkv``."""
-    fields, files = _kept(ck, fmt)
-    if ck.ties and ck.ties != cfg.TIE:
-        raise LossyConversion(f"ties {ck.ties}: a Hugging Face directory can only tie {cfg.LM_HEAD} to {cfg.EMBED}. "
-                              "Nothing was written.")
-    if fmt == HF:
-        ck, plan = swiftkv.drop_student(ck, swiftkv.flag(options, "drop_swiftkv")), None
-    else:
-        ck, plan = _student(ck, options)
-    config = cfg.build(cfg.derived(ck, plan), fields, teacher=plan is None)
-    recorded = graph.layouts_to_json(ck, fmt)  # the source's layouts, so converting back needs no options
-    hfdir.write(path, ck.tensors, config, files, options.get("max_shard_size", "5GB"), {graph.LAYOUTS_KEY: recorded} if recorded else {})
+def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> Checkpoint:
+    """Write ``ck`` as a student directory at ``path``; return what was written. A
+    teacher becomes a student as the options ask."""
+    fields, files = hf.kept(ck, SWIFTKV, also=hf.HF)
+    ck, plan = _student(ck, options)
+    hf.write(ck, path, hf.build(cfg.derived(ck, plan), fields), files, options, SWIFTKV)
     return ck
 
 
@@ -97,15 +84,3 @@ def _student(ck: Checkpoint, options: dict[str, Any]) -> tuple[Checkpoint, swift
         raise LossyConversion("a SwiftKV directory's trainable set is its *_swiftkv tensors; this checkpoint's differs "
                               f"({len(ck.trainable)} tensors). Nothing was written.")
     return ck, own
-
-
-def _kept(ck: Checkpoint, fmt: str) -> tuple[dict, dict]:
-    """The carried config fields and files: this format's own, else the other one's."""
-    other = SWIFTKV if fmt == HF else HF
-    kept = ck.extra.get(fmt, ck.extra.get(other, {}))
-    fields, files = (kept.get("config", {}), kept.get("files", {})) if isinstance(kept, dict) else (None, None)
-    if not isinstance(fields, dict) or not isinstance(files, dict) or not all(
-            isinstance(v, bytes) or (isinstance(v, Tensor) and v.dtype == "U8" and len(v.shape) == 1) for v in files.values()):
-        raise CorruptInput(f"extra[{fmt!r}] must hold a config mapping and files (bytes or 1-d U8 tensors)")
-    return fields, files
-

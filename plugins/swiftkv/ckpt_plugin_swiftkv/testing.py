@@ -1,9 +1,9 @@
-"""Hypothesis strategies for this plugin's formats (tests only: needs hypothesis).
+"""Hypothesis strategies for this plugin's format (tests only: needs hypothesis).
 
 A schema alone cannot say which layers of a SwiftKV student carry SwiftKV tensors, so
-``students`` draws a teacher and a variant A or B plan and initialises the student as
-training does; ``teachers`` draws plain HF checkpoints. Used by this plugin's conformance
-tests and the every-pair test.
+``students`` draws a teacher (ckpt-plugin-hf's strategy) and a variant A or B plan and
+initialises the student as training does. Used by this plugin's conformance tests and the
+every-pair test.
 """
 
 from __future__ import annotations
@@ -14,24 +14,17 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from ckpt_core.model import Arch
-from ckpt_core.testing import checkpoints_for
+from ckpt_core.plugins import registry
+from ckpt_plugin_hf.testing import checkpoints
 
 from .config import ordered
-from .families import TEACHERS
 from .swiftkv import AVERAGED, Plan, init_student
-
-
-def teachers(spec, family: str | None = None) -> st.SearchStrategy:
-    """Teacher checkpoints (of ``family``, or any teacher family) with HF's parameter order."""
-    families = [TEACHERS[family]] if family else list(TEACHERS.values())
-    drawn = st.one_of([checkpoints_for(spec, schema, kv_sharing=False, trainable=False) for schema in families])
-    return drawn.map(lambda ck: ck.evolve(arch=Arch(ck.arch.family, ordered(ck.arch.params))))
 
 
 @st.composite
 def students(draw, spec, family: str | None = None):
     """A student as ``init_student`` makes it from a drawn teacher, variant A or B."""
-    ck = draw(teachers(spec, family))
+    ck = draw(checkpoints(registry().spec("hf"), family or draw(st.sampled_from(spec.families))))
     n_layer = ck.arch.params["n_layer"]
     assume(n_layer >= 2)
     if draw(st.booleans()):
@@ -46,4 +39,4 @@ def students(draw, spec, family: str | None = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         student = init_student(ck, plan)
-    return student.evolve(arch=Arch(student.arch.family, ordered(student.arch.params)))
+    return student.evolve(arch=Arch(student.arch.family, ordered(student.arch.params, student.arch.family)))

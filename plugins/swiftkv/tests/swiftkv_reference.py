@@ -1,60 +1,20 @@
-"""Reference layouts for the swiftkv tests: tiny transformers teachers, SwiftKV students
-as ArcticTraining saves them, DeepSpeed output directories saved with torch.save."""
+"""Reference layouts for the swiftkv tests: SwiftKV students as ArcticTraining saves them,
+DeepSpeed output directories saved with torch.save; teachers from the hf tests' references."""
 
 from __future__ import annotations
 
 import json
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-TOKENIZER = b'{"version": "1.0", "model": {"type": "BPE"}}\n'
-SIZES = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=8)
+sys.path.insert(0, str(Path(__file__).parents[2] / "hf" / "tests"))  # the teachers: ckpt-plugin-hf's references
+from hf_reference import TOKENIZER, make_model, save_bin, save_teacher  # noqa: E402
 
-
-def make_model(family: str, **overrides):
-    """A tiny randomly initialised transformers model of ``family``."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
-
-    config = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[family](**{**SIZES, **overrides})
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():  # norms start at 1: make them distinct so copies are checkable
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-def save_teacher(model, directory, **kwargs):
-    model.save_pretrained(directory, **kwargs)
-    (directory / "tokenizer.json").write_bytes(TOKENIZER)
-    return directory
-
-
-def save_bin(model, directory, shards: int = 1):
-    """``pytorch_model.bin`` (or shards with their index) as transformers 4 wrote them:
-    transformers 5 writes safetensors even with ``safe_serialization=False``."""
-    directory.mkdir()
-    model.config.save_pretrained(directory)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight")
-    if shards == 1:
-        torch.save(state, directory / "pytorch_model.bin")
-        return directory
-    names = list(state)
-    weight_map = {}
-    for k in range(shards):
-        file = f"pytorch_model-{k + 1:05d}-of-{shards:05d}.bin"
-        part = names[k::shards]
-        torch.save({n: state[n] for n in part}, directory / file)
-        weight_map.update(dict.fromkeys(part, file))
-    index = {"metadata": {"total_size": 0}, "weight_map": dict(sorted(weight_map.items()))}
-    (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
-    return directory
+__all__ = ["TOKENIZER", "deepspeed_dir", "make_model", "model_states", "save_bin", "save_teacher", "student_b"]
 
 
 def student_b(directory, model, kv_map, mlp=False):

@@ -110,7 +110,7 @@ def test_student_to_teacher_needs_drop_swiftkv_then_is_the_teacher(tmp_path, lla
     ckpt_core.convert(llama_dir, student, "swiftkv", {"num_key_value_layers": 2})
     out = tmp_path / "teacher"
     done = _run("convert", student, out, "--to", "hf")
-    assert done.returncode == LossyConversion.exit_code and "drop_swiftkv=true" in done.stderr
+    assert done.returncode == LossyConversion.exit_code and "trainable set" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
     done = _run("convert", student, out, "--to", "hf", "--option", "drop_swiftkv=true", "--quiet")
     assert done.returncode == 0, done.stderr
@@ -188,36 +188,14 @@ def test_round_trip_through_mlx(tmp_path, student_b_dir):
     assert again.kv_sharing == ck.kv_sharing and again.trainable == ck.trainable
 
 
-def test_student_read_as_hf_still_needs_drop_and_becomes_a_plain_teacher(tmp_path, student_b_dir):
-    ck = ckpt_core.load(student_b_dir, "hf")
-    assert len(_extra_names(ck)) == 8
-    with pytest.raises(LossyConversion, match="drop_swiftkv"):
-        ckpt_core.save(ck, tmp_path / "teacher", "hf")
-    ckpt_core.save(ck, tmp_path / "teacher", "hf", {"drop_swiftkv": True})
+def test_student_read_with_drop_swiftkv_is_a_plain_teacher(tmp_path, student_b_dir):
+    """A student is no ``hf`` directory (its model_type is the student's); read with
+    ``drop_swiftkv`` it is its teacher, which ``hf`` writes as transformers' own."""
+    with pytest.raises(ckpt_core.CorruptInput, match="model_type 'llama_swiftkv'"):
+        ckpt_core.load(student_b_dir, "hf")
+    ck = ckpt_core.load(student_b_dir, options={"drop_swiftkv": True})
+    assert not _extra_names(ck) and ck.kv_sharing == {} and ck.trainable is None
+    ckpt_core.save(ck, tmp_path / "teacher", "hf")
     config = json.loads((tmp_path / "teacher" / "config.json").read_text())
     assert (config["model_type"], config["architectures"]) == ("llama", ["LlamaForCausalLM"])
     assert not {"kv_sharing_map", "swiftkv", "mlp_tuning_enabled", "num_key_value_layers"} & set(config)
-
-
-def test_llama_31_8b_with_nkv_16_has_49_extra_tensors():
-    """The format note's figure, on Llama-3.1-8B shapes (lazy tensors: nothing is read)."""
-    from ckpt_core import Arch, Checkpoint, Tensor
-    from ckpt_plugin_swiftkv.swiftkv import Plan, init_student
-
-    def lazy(*shape):
-        return Tensor.from_loader("BF16", shape, lambda: pytest.fail("data was read"))
-
-    h, ff, q, kv = 4096, 14336, 32 * 128, 8 * 128
-    tensors = {"model.embed_tokens.weight": lazy(128256, h)}
-    for i in range(32):
-        p = L.format(i)
-        tensors.update({p + "self_attn.q_proj.weight": lazy(q, h), p + "self_attn.k_proj.weight": lazy(kv, h),
-                        p + "self_attn.v_proj.weight": lazy(kv, h), p + "self_attn.o_proj.weight": lazy(h, q),
-                        p + "mlp.gate_proj.weight": lazy(ff, h), p + "mlp.up_proj.weight": lazy(ff, h),
-                        p + "mlp.down_proj.weight": lazy(h, ff), p + "input_layernorm.weight": lazy(h),
-                        p + "post_attention_layernorm.weight": lazy(h)})
-    tensors.update({"model.norm.weight": lazy(h), "lm_head.weight": lazy(128256, h)})
-    student = init_student(Checkpoint(arch=Arch("llama", {}), tensors=tensors), Plan("A", 32, 16, 1))
-    extra = [student.tensors[n] for n in _extra_names(student)]
-    assert len(extra) == 49
-    assert round(sum(t.numel for t in extra) / 1e6) == 403

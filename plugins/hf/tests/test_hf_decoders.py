@@ -1,4 +1,4 @@
-"""Teacher directories: every weight layout transformers has written, detection, and what
+"""Llama / Qwen directories: every weight layout transformers has written, detection, and what
 the plugin writes loading back into transformers with equal logits."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from swiftkv_reference import TOKENIZER, save_bin
+from hf_reference import TOKENIZER, save_bin
 from safetensors import safe_open
 
 import ckpt_core
@@ -213,8 +213,8 @@ def test_bad_index_and_config_are_one_line_errors(tmp_path, llama_dir):
     assert ckpt_core.detect(broken)[0].format == "hf"
     with pytest.raises(CorruptInput, match="not valid JSON"):
         ckpt_core.load(broken)
-    (broken / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(CorruptInput, match="model_type 'gpt2'"):
+    (broken / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CorruptInput, match="model_type 'bert'"):
         ckpt_core.load(broken, "hf")
 
 
@@ -225,3 +225,27 @@ def test_cli_detect_and_inspect(llama_dir):
     done = subprocess.run([*CLI, "inspect", str(llama_dir), "--json"], capture_output=True, text=True)
     facts = json.loads(done.stdout)
     assert facts["family"] == "llama" and facts["params"]["n_layer"] == 4 and facts["trainable"] is None
+
+
+def test_mistral_is_the_llama_family_and_comes_back_as_mistral(tmp_path):
+    from hf_reference import make_model, save_teacher
+
+    model = make_model("mistral", sliding_window=4)
+    src = save_teacher(model, tmp_path / "mistral")
+    found = ckpt_core.detect(src)[0]
+    assert found.format == "hf" and "MistralForCausalLM" in found.reason
+    ck = ckpt_core.load(src)
+    assert ck.arch.family == "llama" and ck.extra["hf"]["config"]["model_type"] == "mistral"
+    canonical, out = tmp_path / "canonical", tmp_path / "out"
+    ckpt_core.convert(src, canonical, "canonical")
+    ckpt_core.convert(canonical, out, "hf")
+    assert json.loads((out / "config.json").read_text()) == json.loads((src / "config.json").read_text())
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])  # longer than the sliding window
+    logits = _logits(out, ids)
+    assert type(_model(out)).__name__ == "MistralForCausalLM" and torch.equal(logits, _logits(src, ids))
+
+
+def _model(directory):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(directory)
