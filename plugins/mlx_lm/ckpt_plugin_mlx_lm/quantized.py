@@ -18,9 +18,10 @@ from collections.abc import Mapping
 
 import attrs
 
-from ckpt_core import CorruptInput, Tensor, UsageError
+from ckpt_core import CorruptInput, Tensor, UsageError, dtypes
 
 SCALES, BIASES, WEIGHT = ".scales", ".biases", ".weight"
+BLOCK = 1 << 20  # values unpacked at a time
 
 
 @attrs.frozen
@@ -106,5 +107,33 @@ def _dequantized(weight: Tensor, scales: Tensor, biases: Tensor, packing: Packin
 
 
 def dequantize(words, scales, biases, dtype: str, group_size: int, bits: int):
-    """``mx.dequantize(w, scales, biases, group_size, bits)`` in numpy (raw words in and out)."""
-    raise NotImplementedError
+    """``mx.dequantize(w, scales, biases, group_size, bits)`` in numpy, bit for bit: mlx
+    computes ``scales * q + biases`` in the scales' dtype, rounding after the product and
+    after the sum (for bf16 and fp16: each step in float32, rounded back). Raw words in,
+    raw words of ``dtype`` out; worked through a block of rows at a time, so that what is
+    held beside the result stays small."""
+    import numpy as np
+
+    shape = (*words.shape[:-1], words.shape[-1] * 32 // bits)
+    columns = shape[-1]
+    words, scales, biases = (a.reshape(-1, a.shape[-1]) for a in (words, scales, biases))
+    out = np.empty((words.shape[0], columns), dtype=dtypes.get(dtype).raw)
+    step = max(1, BLOCK // max(columns, 1))
+    for start in range(0, words.shape[0], step):
+        rows = slice(start, start + step)
+        q = unpack(words[rows], bits).astype(np.float32)
+        s = np.repeat(dtypes.to_float32(scales[rows], dtype), group_size, axis=-1)
+        b = np.repeat(dtypes.to_float32(biases[rows], dtype), group_size, axis=-1)
+        product = dtypes.to_float32(dtypes.from_float32(s * q, dtype), dtype)
+        out[rows] = dtypes.from_float32(product + b, dtype)
+    return out.reshape(shape)
+
+
+def unpack(words, bits: int):
+    """The ``bits``-bit integers packed in uint32 ``words`` along the last axis, as mlx packs
+    them: the row's bytes little-endian, each value's bits lowest first, value after value."""
+    import numpy as np
+
+    stream = np.unpackbits(np.ascontiguousarray(words, dtype="<u4").view(np.uint8), axis=-1, bitorder="little")
+    fields = stream.reshape(*stream.shape[:-1], stream.shape[-1] // bits, bits)
+    return fields.astype(np.uint32) @ (np.uint32(1) << np.arange(bits, dtype=np.uint32))
