@@ -41,8 +41,12 @@ def read(path: Path, options: dict[str, Any], families: Mapping[str, FamilySchem
     metadata.pop("format", None)
     if stored is not None:
         g = graph.from_json(stored, f"{path}: metadata {META_KEY!r}")
-        arch, ties, earlier = g.arch, g.ties, g.layouts
-        ck = Checkpoint(arch=arch, tensors=tensors, ties=ties, kv_sharing=g.kv_sharing, trainable=g.trainable)
+        params = {k: v for k, v in g.arch.params.items() if k != QUANTIZATION}  # config.json says how weights are packed
+        if QUANTIZATION in config:
+            params[QUANTIZATION] = config[QUANTIZATION]
+        earlier = g.layouts
+        ck = Checkpoint(arch=Arch(g.arch.family, params), tensors=tensors, ties=g.ties, kv_sharing=g.kv_sharing,
+                        trainable=g.trainable)
     else:
         ties = dict(cfg.TIE) if (cfg.EMBED in tensors and cfg.LM_HEAD not in tensors
                                  and config.get("tie_word_embeddings") is not False) else {}

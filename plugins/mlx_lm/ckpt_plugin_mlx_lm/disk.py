@@ -50,12 +50,12 @@ def read_weights(directory: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     index = directory / INDEX
     if index.is_file():
         tensors, _ = open_sharded(index)
-        listed = {t.file_range.path.name for t in tensors.values()}
-        stray = [p.name for p in found if p.name not in listed]
+        listed = sorted({t.file_range.path for t in tensors.values()}, key=lambda p: p.name)
+        stray = [p for p in found if p not in listed and read_header(p)[0]]
         if stray:
-            raise CorruptInput(f"{directory / stray[0]}: not in {INDEX}, but mlx-lm loads every {SHARDS}: "
+            raise CorruptInput(f"{stray[0]}: not in {INDEX}, but mlx-lm loads the tensors of every {SHARDS}: "
                                "remove it or add its tensors to the index")
-        first = min((t.file_range.path for t in tensors.values()), key=lambda p: p.name, default=None)
+        first = (listed or found or [None])[0]
     else:
         if not found:
             raise NotFound(f"{directory}: {CONFIG} but no {SHARDS} weight files: not an mlx-lm model directory")
