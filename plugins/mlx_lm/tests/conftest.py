@@ -22,8 +22,14 @@ MODELS = {
 }
 SIZES = {"vocab_size": 64, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2}
-# (bits, group_size) of the quantized fixtures mlx_lm.convert makes from the llama model
-QUANTIZED = [(4, 32), (8, 64), (3, 32)]
+# name -> (family, mlx_lm.convert's quantizing arguments) of the quantized fixtures
+QUANTIZED = {
+    "q4g32": ("llama", {"q_bits": 4, "q_group_size": 32}),
+    "q8g64": ("llama", {"q_bits": 8, "q_group_size": 64}),
+    "q3g32": ("llama", {"q_bits": 3, "q_group_size": 32}),
+    "mixed_3_6": ("llama", {"quant_predicate": "mixed_3_6", "q_group_size": 32}),  # per-module bits in config.json
+    "qwen3-q4g64": ("qwen3", {"q_bits": 4, "q_group_size": 64}),  # tied embedding, packed once
+}
 
 
 def save_tokenizer(directory: Path) -> None:
@@ -66,10 +72,9 @@ def hf_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def mlx_models(tmp_path_factory, hf_models) -> dict[str, Path]:
-    """``plain`` (mlx_lm.convert of the llama model) and ``q{bits}g{group}`` quantized ones, made once."""
+    """``plain`` (mlx_lm.convert of the llama model) and the ``QUANTIZED`` ones, made once."""
     root = tmp_path_factory.mktemp("mlx-models")
     made = {"plain": mlx_convert(hf_models["llama"], root / "plain")}
-    for bits, group in QUANTIZED:
-        made[f"q{bits}g{group}"] = mlx_convert(hf_models["llama"], root / f"q{bits}g{group}", quantize=True,
-                                               q_bits=bits, q_group_size=group)
+    for name, (family, kwargs) in QUANTIZED.items():
+        made[name] = mlx_convert(hf_models[family], root / name, quantize=True, **kwargs)
     return made
