@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import Arch, Checkpoint, CorruptInput, Layout, Tensor, UsageError, graph, jsonfile
+from ckpt_core import Arch, Checkpoint, CorruptInput, Layout, Tensor, UsageError, carried, graph, jsonfile
 from ckpt_core.model import QUANTIZATION
 from ckpt_core.schema import FamilySchema
 
@@ -61,7 +61,7 @@ def read(path: Path, options: dict[str, Any], families: Mapping[str, FamilySchem
     fields = cfg.carried(config, cfg.derived(ck))
     if QUANTIZATION not in ck.arch.params:  # unpacked: the packing's fields go with it
         fields = {k: v for k, v in fields.items() if k not in (QUANTIZATION, cfg.MIRROR)}
-    kept = {k: v for k, v in (("config", fields), ("files", disk.carried_files(path))) if v}
+    kept = {k: v for k, v in (("config", fields), ("files", carried.read(path, disk.is_own))) if v}
     return ck.evolve(layout=layout, extra={HF: kept} if kept else {})
 
 
@@ -99,12 +99,12 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
 
 
 def _kept(ck: Checkpoint) -> tuple[dict, dict]:
-    """The carried config fields and files."""
+    """The carried config fields and files, checked before anything is written."""
     kept = ck.extra.get(HF, {})
     fields, files = (kept.get("config", {}), kept.get("files", {})) if isinstance(kept, dict) else (None, None)
-    if not isinstance(fields, dict) or not isinstance(files, dict) or not all(
-            isinstance(v, bytes) or (isinstance(v, Tensor) and v.dtype == "U8" and len(v.shape) == 1) for v in files.values()):
-        raise CorruptInput(f"extra[{HF!r}] must hold a config mapping and files (bytes or 1-d U8 tensors)")
+    if not isinstance(fields, dict):
+        raise CorruptInput(f"extra[{HF!r}] must hold a config mapping and files")
+    carried.check(files, disk.is_own, f"extra[{HF!r}]['files']")
     return fields, files
 
 

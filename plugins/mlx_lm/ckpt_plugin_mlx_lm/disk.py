@@ -9,8 +9,7 @@
 
 Reading takes the weights mlx-lm's ``load_model`` takes: every ``model*.safetensors``, joined
 by the index when there is one (and then the index must name them all: mlx-lm would load a
-stray one too). Every other top-level file is carried unopened, as a lazy U8 tensor over the
-file's bytes (copied file to file when written).
+stray one too). Every other top-level file is carried unopened (``ckpt_core.carried``).
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import fnmatch
 import json
 from pathlib import Path
 
-from ckpt_core import CorruptInput, NotFound, Tensor, UnsafeInput
-from ckpt_core.safetensors_io import open_file, open_sharded, plain_file, read_header, write_bytes, write_raw, write_sharded
+from ckpt_core import CorruptInput, NotFound, Tensor, carried
+from ckpt_core.safetensors_io import open_file, open_sharded, read_header, write_bytes, write_sharded
 
 CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"
@@ -28,8 +27,9 @@ SHARDS = "model*.safetensors"
 MAX_SHARD_SIZE = "5GiB"
 
 
-def is_weight_file(name: str) -> bool:
-    return name == INDEX or fnmatch.fnmatchcase(name, SHARDS)
+def is_own(name: str) -> bool:
+    """Whether a top-level file is the config or a weight file (the rest are carried)."""
+    return name in (CONFIG, INDEX) or fnmatch.fnmatchcase(name, SHARDS)
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -70,33 +70,14 @@ def read_weights(directory: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     return tensors, dict(read_header(first)[1] or {}) if first is not None else {}
 
 
-def carried_files(directory: Path) -> dict[str, Tensor]:
-    """Every other top-level file, by name (tokenizer, generation config, README, ...), unread.
-    A link out of the directory is refused, as an index's shard names are."""
-    found = {}
-    for p in sorted(directory.iterdir()):
-        if p.name != CONFIG and not is_weight_file(p.name) and p.is_file():
-            path = plain_file(directory, p.name, directory)
-            found[p.name] = Tensor.from_file(path, 0, "U8", (path.stat().st_size,))
-    return found
-
-
 def write(directory: Path, tensors: dict[str, Tensor], config: bytes, files: dict[str, Tensor | bytes],
           metadata: dict[str, str], total_parameters: int, max_shard_size: int | str) -> None:
-    """Write a model directory at ``directory`` (which must not exist yet)."""
-    for name in files:
-        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-            raise UnsafeInput(f"carried file name {name!r} is not a plain file name")
-        if name == CONFIG or is_weight_file(name):
-            raise CorruptInput(f"carried file {name!r} would clash with the weights or config this writes")
+    """Write a model directory at ``directory`` (which must not exist yet); ``files`` are
+    the carried ones (``ckpt_core.carried``), already checked."""
     directory.mkdir()
     weight_map, _ = write_sharded(directory, tensors, max_shard_size, metadata=metadata, index=False)
     index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values()), "total_parameters": total_parameters},
              "weight_map": dict(sorted(weight_map.items()))}
     write_bytes(directory / INDEX, json.dumps(index, indent=4).encode())
     write_bytes(directory / CONFIG, config)
-    for name, data in files.items():
-        if isinstance(data, Tensor):
-            write_raw(directory / name, data)
-        else:
-            write_bytes(directory / name, data)
+    carried.write(directory, files)

@@ -45,6 +45,14 @@ def files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in directory.iterdir()}
 
 
+def assert_same_files_but_weights(got: Path, want: Path) -> None:
+    """The same file names, and every file but the weights byte for byte."""
+    a, b = files(got), files(want)
+    assert set(a) == set(b)
+    for name in set(b) - {"model.safetensors"}:
+        assert a[name] == b[name], name
+
+
 def tensors_identical(a: Path, b: Path) -> bool:
     ca, cb = ckpt_core.load(a), ckpt_core.load(b)
     return list(ca.tensors) == list(cb.tensors) and all(same_bytes(ca.tensors[n], cb.tensors[n]) for n in ca.tensors)
@@ -78,10 +86,7 @@ def test_hf_to_mlx_lm_to_hf_is_bit_exact(hf_models, tmp_path, family):
     ckpt_core.convert(source, tmp_path / "mlx", "mlx-lm")
     ckpt_core.convert(tmp_path / "mlx", tmp_path / "hf", "hf")
     assert tensors_identical(source, tmp_path / "hf")
-    got, want = files(tmp_path / "hf"), files(source)
-    assert set(got) == set(want)
-    for name in set(want) - {"model.safetensors"}:
-        assert got[name] == want[name], name
+    assert_same_files_but_weights(tmp_path / "hf", source)
     model, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     ids = torch.tensor(TOKENS)
@@ -114,10 +119,7 @@ def test_mlx_lm_canonical_mlx_lm_is_bit_exact(mlx_models, tmp_path, name):
     ckpt_core.convert(source, tmp_path / "canonical", "canonical")
     ckpt_core.convert(tmp_path / "canonical", tmp_path / "mlx", "mlx-lm")
     assert tensors_identical(source, tmp_path / "mlx")
-    got, want = files(tmp_path / "mlx"), files(source)
-    assert set(got) == set(want)
-    for file in set(want) - {"model.safetensors"}:
-        assert got[file] == want[file], file
+    assert_same_files_but_weights(tmp_path / "mlx", source)
     np.testing.assert_array_equal(logits(tmp_path / "mlx"), logits(source))
 
 
