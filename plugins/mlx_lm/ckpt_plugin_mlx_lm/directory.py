@@ -22,6 +22,7 @@ from typing import Any
 
 from ckpt_core import Arch, Checkpoint, CorruptInput, Layout, Tensor, UsageError, carried, graph, jsonfile
 from ckpt_core.model import QUANTIZATION
+from ckpt_core.plugins import registry
 from ckpt_core.schema import FamilySchema
 
 from . import config as cfg
@@ -60,7 +61,7 @@ def read(path: Path, options: dict[str, Any], families: Mapping[str, FamilySchem
                     {"metadata": metadata} if metadata else {}, earlier)
     fields = cfg.carried(config, cfg.derived(ck))
     if QUANTIZATION not in ck.arch.params:  # unpacked: the packing's fields go with it
-        fields = {k: v for k, v in fields.items() if k not in (QUANTIZATION, cfg.MIRROR)}
+        fields = _unpacked_fields(fields)
     kept = {k: v for k, v in (("config", fields), ("files", carried.read(path, disk.is_own))) if v}
     return ck.evolve(layout=layout, extra={HF: kept} if kept else {})
 
@@ -75,8 +76,12 @@ def _arch(tensors: dict[str, Tensor], ties: dict[str, str], config: dict, famili
     return Arch(found.family, {**found.params, **stated})
 
 
+def _unpacked_fields(fields: dict) -> dict:
+    return {k: v for k, v in fields.items() if k not in (QUANTIZATION, cfg.MIRROR)}
+
+
 def _dequantized(ck: Checkpoint, packed: dict, families: Mapping[str, FamilySchema]) -> Checkpoint:
-    """``ck`` with its weights unpacked, recognised as the family they then fit."""
+    """``ck`` with its weights unpacked, recognised as the family of ``families`` they then fit."""
     tensors = quantized.unpacked(ck.tensors, packed)
     params = {k: v for k, v in ck.arch.params.items() if k != QUANTIZATION}
     found = graph.recognised_arch({**tensors, **{alias: tensors[target] for alias, target in ck.ties.items()}}, families)
@@ -84,18 +89,23 @@ def _dequantized(ck: Checkpoint, packed: dict, families: Mapping[str, FamilySche
     return ck.evolve(arch=Arch(family, {**found.params, **params}), tensors=tensors)
 
 
-def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
-    """Write ``ck`` as a model directory at ``path``."""
+def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> Checkpoint:
+    """Write ``ck`` as a model directory at ``path`` (unpacked first with ``dequantize``:
+    a packed checkpoint from any format); return what was written."""
     fields, files = _kept(ck)
     packed = {}
     if QUANTIZATION in ck.arch.params:
         packed = quantized.modules(ck.tensors, ck.arch.params[QUANTIZATION], "the checkpoint's quantization")
+        if _flag(options, "dequantize"):
+            ck, packed = _dequantized(ck, packed, registry().families), {}
+            fields = _unpacked_fields(fields)
     own = ck.layout.of(NAME)
     metadata = {**FORMAT_METADATA, **(own.facts.get("metadata", {}) if own else {}),
                 META_KEY: graph.to_json(ck, "an mlx-lm directory", NAME)}
     config = cfg.dump(cfg.build(cfg.derived(ck), fields))
     disk.write(path, ck.tensors, config, files, metadata, quantized.parameter_count(ck.tensors, packed),
                options.get("max_shard_size", disk.MAX_SHARD_SIZE))
+    return ck
 
 
 def _kept(ck: Checkpoint) -> tuple[dict, dict]:

@@ -34,8 +34,8 @@ SPEC = FormatSpec(
     dtypes=DTYPES,
     patterns=(disk.CONFIG, "model.safetensors", "model-*-of-*.safetensors", disk.INDEX),
     options={
-        "dequantize": "true: unpack quantized weights while reading, into their scales' dtype, exactly as "
-                      "mx.dequantize (for formats that cannot hold packed weights)",
+        "dequantize": "true: unpack quantized weights (affine) into their scales' dtype, exactly as mx.dequantize: "
+                      "while reading (for formats that cannot hold packed weights) or before writing",
         "max_shard_size": "largest weight file when writing, as 5GiB (mlx-lm's limit, the default) or 2GB",
     },
     extra_of=frozenset({directory.HF}),
@@ -79,5 +79,4 @@ def to_canonical(path: Path, format: str, options: dict[str, Any], families: Map
 def from_canonical(checkpoint, path: Path, format: str, options: dict[str, Any]):
     if format != NAME:
         return None
-    directory.write(checkpoint, path, options)
-    return True
+    return directory.write(checkpoint, path, options)

@@ -236,6 +236,17 @@ def test_dequantize_to_mlx_lm_gives_what_mlx_lm_dequantizes(mlx_models, tmp_path
     np.testing.assert_array_equal(logits(tmp_path / "mlx"), want)
 
 
+def test_dequantize_when_writing_a_packed_checkpoint_from_another_format(mlx_models, tmp_path):
+    """Packed weights kept in canonical are unpacked by the mlx-lm writer on request: the
+    directory is what reading with dequantize=true gives, recognised as llama again."""
+    ckpt_core.convert(mlx_models["mixed_3_6"], tmp_path / "canonical", "canonical")
+    written = ckpt_core.convert(tmp_path / "canonical", tmp_path / "mlx", "mlx-lm", {"dequantize": True})
+    assert written.arch.family == "llama" and ckpt_core.load(tmp_path / "mlx").arch.family == "llama"
+    ckpt_core.convert(mlx_models["mixed_3_6"], tmp_path / "read-unpacked", "mlx-lm", {"dequantize": True})
+    assert tensors_identical(tmp_path / "read-unpacked", tmp_path / "mlx")
+    np.testing.assert_array_equal(logits(tmp_path / "mlx"), logits(tmp_path / "read-unpacked"))
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
