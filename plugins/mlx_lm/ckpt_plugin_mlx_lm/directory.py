@@ -97,8 +97,8 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> Checkpoint:
     if QUANTIZATION in ck.arch.params:
         packed = quantized.modules(ck.tensors, ck.arch.params[QUANTIZATION], "the checkpoint's quantization")
         if _flag(options, "dequantize"):
-            ck, packed = _dequantized(ck, packed, registry().families), {}
-            fields = _unpacked_fields(fields)
+            ck, packed, fields = _dequantized(ck, packed, registry().families), {}, _unpacked_fields(fields)
+            ck = ck.evolve(extra={**ck.extra, HF: {**ck.extra[HF], "config": fields}} if HF in ck.extra else ck.extra)
     own = ck.layout.of(NAME)
     metadata = {**FORMAT_METADATA, **(own.facts.get("metadata", {}) if own else {}),
                 META_KEY: graph.to_json(ck, "an mlx-lm directory", NAME)}

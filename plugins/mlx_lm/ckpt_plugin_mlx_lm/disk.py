@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from ckpt_core import CorruptInput, NotFound, Tensor, carried
-from ckpt_core.safetensors_io import open_file, open_sharded, read_header, write_bytes, write_sharded
+from ckpt_core.safetensors_io import open_file, open_sharded, plain_file, read_header, write_bytes, write_sharded
 
 CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"
@@ -33,8 +33,9 @@ def is_own(name: str) -> bool:
 
 
 def weight_files(directory: Path) -> list[Path]:
-    """The ``model*.safetensors`` files mlx-lm would load, by name."""
-    return sorted(p for p in directory.glob(SHARDS) if p.is_file())
+    """The ``model*.safetensors`` files mlx-lm would load, by name (one that links out of
+    the directory is refused, as an index's shard names are)."""
+    return [plain_file(directory, p.name, directory) for p in sorted(directory.glob(SHARDS)) if p.is_file()]
 
 
 def first_metadata(directory: Path) -> dict[str, str] | None:

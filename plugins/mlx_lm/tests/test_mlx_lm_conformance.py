@@ -75,6 +75,16 @@ def _tokenizer_linked_out(directory):
     return model
 
 
+def _weights_linked_out(directory):
+    model = _written(directory)
+    (model / "model.safetensors.index.json").unlink()
+    for p in model.glob("model-*.safetensors"):
+        p.unlink()
+    ckpt_core.save(example_checkpoint().evolve(train_state=None), directory / "elsewhere.safetensors", "safetensors")
+    os.symlink(directory / "elsewhere.safetensors", model / "model.safetensors")
+    return model
+
+
 def _quantization_not_an_object(directory):
     model = _written(directory)
     _edit_json(model / "config.json", lambda d: d.update(quantization=4))
@@ -91,6 +101,7 @@ class TestMlxLmConformance(FormatConformance):
         ("a weight file the index does not name", _stray_shard, CorruptInput),
         ("config.json and no weights", _no_weights, NotFound),
         ("a carried file linking out of the directory", _tokenizer_linked_out, UnsafeInput),
+        ("a weight file linking out of the directory", _weights_linked_out, UnsafeInput),
         ("quantization that is not an object", _quantization_not_an_object, CorruptInput),
     ]
 
