@@ -24,10 +24,10 @@ EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 TIE = {LM_HEAD: EMBED}
 MIRROR = "quantization_config"  # mlx-lm writes ``quantization`` again under this name
 
-# family -> (model_type, architecture): the families mlx-lm and transformers both name so
+# family -> (model_type, architecture) written for it (a Mistral is the llama family: its own
+# model_type and architecture are carried)
 FAMILIES = {
     "llama": ("llama", "LlamaForCausalLM"),
-    "mistral": ("mistral", "MistralForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
     "qwen3": ("qwen3", "Qwen3ForCausalLM"),
 }
