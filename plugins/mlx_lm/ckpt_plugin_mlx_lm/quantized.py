@@ -22,6 +22,7 @@ from ckpt_core import CorruptInput, Tensor, UsageError, dtypes
 
 SCALES, BIASES, WEIGHT = ".scales", ".biases", ".weight"
 BLOCK = 1 << 20  # values unpacked at a time
+AFFINE_DTYPES = ("F16", "BF16", "F32")  # what mlx keeps affine scales and biases in
 
 
 @attrs.frozen
@@ -67,8 +68,10 @@ def _check(path: str, packing: Packing, tensors: Mapping[str, Tensor], where: st
     if scales.shape != (*weight.shape[:-1], columns // gs) or columns % gs:
         raise CorruptInput(f"{where}: {path}.scales is {list(scales.shape)}; {bits}-bit weight {list(weight.shape)} "
                            f"in groups of {gs} needs {[*weight.shape[:-1], columns // gs]}")
-    if packing.mode == "affine" and (biases is None or biases.shape != scales.shape or biases.dtype != scales.dtype):
-        raise CorruptInput(f"{where}: {path}.biases must match {path}.scales ({scales.dtype} {list(scales.shape)})")
+    if packing.mode == "affine" and (biases is None or biases.shape != scales.shape or biases.dtype != scales.dtype
+                                     or scales.dtype not in AFFINE_DTYPES):
+        raise CorruptInput(f"{where}: {path}.scales and .biases of affine quantization must be float tensors of one "
+                           f"dtype and shape ({scales.dtype} {list(scales.shape)})")
 
 
 def parameter_count(tensors: Mapping[str, Tensor], packed: Mapping[str, Packing]) -> int:
