@@ -337,6 +337,7 @@ def write_file(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, st
                         if checksums:
                             crc = zlib.crc32(chunk, crc)
                         progress.advance(len(chunk))
+                    chunk = None  # a computed tensor's last chunk holds its whole array: free it before the next is made
                     if checksums:
                         sums[name] = f"crc32:{crc:08x}"
             os.fsync(out.fileno())
