@@ -118,25 +118,30 @@ def dequantize(words, scales, biases, dtype: str, group_size: int, bits: int):
     import numpy as np
 
     shape = (*words.shape[:-1], words.shape[-1] * 32 // bits)
-    columns = shape[-1]
+    groups = shape[-1] // group_size
     words, scales, biases = (a.reshape(-1, a.shape[-1]) for a in (words, scales, biases))
-    out = np.empty((words.shape[0], columns), dtype=dtypes.get(dtype).raw)
-    step = max(1, BLOCK // max(columns, 1))
+    out = np.empty((words.shape[0], groups, group_size), dtype=dtypes.get(dtype).raw)
+    step = max(1, BLOCK // max(shape[-1], 1))
     for start in range(0, words.shape[0], step):
         rows = slice(start, start + step)
-        q = unpack(words[rows], bits).astype(np.float32)
-        s = np.repeat(dtypes.to_float32(scales[rows], dtype), group_size, axis=-1)
-        b = np.repeat(dtypes.to_float32(biases[rows], dtype), group_size, axis=-1)
-        product = dtypes.to_float32(dtypes.from_float32(s * q, dtype), dtype)
-        out[rows] = dtypes.from_float32(product + b, dtype)
+        q = unpack(words[rows], bits).astype(np.float32).reshape(-1, groups, group_size)
+        product = q * dtypes.to_float32(scales[rows], dtype)[..., None]
+        product = dtypes.to_float32(dtypes.from_float32(product, dtype), dtype)
+        out[rows] = dtypes.from_float32(product + dtypes.to_float32(biases[rows], dtype)[..., None], dtype)
     return out.reshape(shape)
 
 
 def unpack(words, bits: int):
     """The ``bits``-bit integers packed in uint32 ``words`` along the last axis, as mlx packs
-    them: the row's bytes little-endian, each value's bits lowest first, value after value."""
+    them: the row's bytes little-endian, each value's bits lowest first, value after value
+    (a word holds whole values when ``bits`` divides 32)."""
     import numpy as np
 
-    stream = np.unpackbits(np.ascontiguousarray(words, dtype="<u4").view(np.uint8), axis=-1, bitorder="little")
-    fields = stream.reshape(*stream.shape[:-1], stream.shape[-1] // bits, bits)
-    return fields.astype(np.uint32) @ (np.uint32(1) << np.arange(bits, dtype=np.uint32))
+    words = np.ascontiguousarray(words, dtype="<u4")
+    if 32 % bits == 0:
+        shifts = np.arange(0, 32, bits, dtype=np.uint32)
+        values = (words[..., None] >> shifts) & np.uint32((1 << bits) - 1)
+        return values.reshape(*words.shape[:-1], -1)
+    stream = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
+    fields = stream.reshape(*stream.shape[:-1], stream.shape[-1] // bits, bits).astype(np.uint32)
+    return np.bitwise_or.reduce(fields << np.arange(bits, dtype=np.uint32), axis=-1)
