@@ -286,3 +286,12 @@ def test_f32_model_round_trips(tmp_path):
     ckpt_core.convert(tmp_path / "mlx", tmp_path / "hf", "hf")
     assert tensors_identical(source, tmp_path / "hf")
     np.testing.assert_array_equal(logits(tmp_path / "mlx"), logits(source))
+
+
+def test_the_plugin_imports_the_core_alone():
+    """Installable alone: importing every module of the plugin loads no other plugin, and
+    no mlx, numpy or torch (they load where tensor data is touched)."""
+    code = ("import json, sys, ckpt_plugin_mlx_lm.plugin, ckpt_plugin_mlx_lm.quantized; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('ckpt_plugin_', 'mlx', 'numpy', 'torch')))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert all(m.startswith("ckpt_plugin_mlx_lm") for m in json.loads(done.stdout)), done.stdout
