@@ -60,6 +60,38 @@ def gpt_shapes(size: int) -> tuple[int, dict[str, tuple[int, ...]]]:
     return d, {**shapes, **tail}
 
 
+LLAMA_VOCAB = 32000
+
+
+def llama_shapes(size: int) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """A Hugging Face Llama of about ``size`` BF16 bytes (Llama-2-7B's proportions: 4096
+    wide, 32 heads of 128, 8 KV heads, MLP 3.5 x wide, untied head; the width halves until
+    the embeddings and one layer fit, as many layers as fit): its config.json and shapes."""
+    d = 4096
+    while d > 64 and 2 * (2 * LLAMA_VOCAB * d + 12 * d * d) > size:
+        d //= 2
+    ff, kv = d * 7 // 2, d // 4
+
+    def layer(i: int) -> dict[str, tuple[int, ...]]:
+        h = f"model.layers.{i}."
+        return {h + "input_layernorm.weight": (d,), h + "self_attn.q_proj.weight": (d, d), h + "self_attn.k_proj.weight": (kv, d),
+                h + "self_attn.v_proj.weight": (kv, d), h + "self_attn.o_proj.weight": (d, d),
+                h + "post_attention_layernorm.weight": (d,), h + "mlp.gate_proj.weight": (ff, d),
+                h + "mlp.up_proj.weight": (ff, d), h + "mlp.down_proj.weight": (d, ff)}
+
+    shapes = {"model.embed_tokens.weight": (LLAMA_VOCAB, d), **layer(0)}
+    tail = {"model.norm.weight": (d,), "lm_head.weight": (LLAMA_VOCAB, d)}
+    n = 1
+    while nbytes({**shapes, **layer(n), **tail}) <= size:
+        shapes.update(layer(n))
+        n += 1
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "bfloat16", "hidden_size": d,
+              "intermediate_size": ff, "num_hidden_layers": n, "num_attention_heads": d // 128 or 1,
+              "num_key_value_heads": (d // 128 or 1) // 4 or 1, "head_dim": 128 if d >= 128 else d, "vocab_size": LLAMA_VOCAB,
+              "rms_norm_eps": 1e-05, "tie_word_embeddings": False, "hidden_act": "silu", "max_position_embeddings": 4096}
+    return config, {**shapes, **tail}
+
+
 def nbytes(shapes: dict[str, tuple[int, ...]]) -> int:
     """BF16 bytes of tensors of these shapes."""
     return 2 * sum(int(np.prod(s)) for s in shapes.values())

@@ -4,7 +4,10 @@ deterministic ways to damage them (seeded ``random.Random``, no Hypothesis).
 Examples are written by ckpt-core's own writers from one real nanoGPT checkpoint
 (``examples/tiny-nanogpt/ckpt.pt``: AdamW state, tied head) and one hand-made Llama
 checkpoint, plus the files some formats read that ckpt-core does not write
-(``pytorch_model.bin``, ``adapter_model.bin``, a DeepSpeed output directory).
+(``pytorch_model.bin``, ``adapter_model.bin``, a DeepSpeed output directory). ``LISTED``
+are the examples made by hand here; every other installed format (``new_formats``: a new
+plugin's) gets one written by its own writer, so that it joins every suite built on these
+examples (bad input, never losing data, crashes) with no edit to them.
 
 A mutation is ``(kind, label, apply)``: ``apply(root)`` damages, in place, a copy of the
 directory holding an example. Every mutation works on bytes, JSON or directory entries;
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import attrs
 
-from ckpt_core import Arch, Checkpoint, Tensor, TrainState, api, torchfile
+from ckpt_core import Arch, Checkpoint, Tensor, TrainState, api, losses, torchfile
 from ckpt_core.plugins import registry
 from ckpt_core.schema import expected_shape
 
@@ -41,6 +44,17 @@ REPO = Path(__file__).resolve().parents[1]
 NANOGPT_EXAMPLE = REPO / "examples" / "tiny-nanogpt" / "ckpt.pt"
 
 Mutation = tuple[str, str, Callable[[Path], None]]
+
+# The examples ``build_examples`` makes by hand (``format:variant`` for a format's other layouts).
+LISTED = ["nanogpt", "modded-nanogpt", "modded-nanogpt-medium", "lora-nanogpt", "peft", "peft:bin", "canonical",
+          "safetensors", "safetensors:index", "mlx", "hf", "hf:bin", "swiftkv", "swiftkv:deepspeed", "moshi", "dcp"]
+
+
+def new_formats() -> list[str]:
+    """The installed formats ``LISTED`` does not cover, whose writers take any checkpoint
+    they hold (``FormatSpec.writes_any``): each gets an example from its own writer."""
+    covered = {name.split(":")[0] for name in LISTED}
+    return sorted(name for name, spec in registry().formats.items() if spec.writes_any and name not in covered)
 
 
 # -- valid examples ---------------------------------------------------------------------------
@@ -157,6 +171,12 @@ def _build(root: Path) -> dict[str, Path]:
     moshi = gpt.evolve(arch=Arch("generic", {}), ties={}, extra={},
                        train_state=TrainState(step=gpt.train_state.step, optimizer=by_position, config=config))
     api.save(moshi, put("moshi", "run"), "moshi")
+
+    for name in new_formats():  # the Llama checkpoint, or nanoGPT's weights, as the format holds them
+        spec = registry().spec(name)
+        held = [ck for ck in (llama, plain) if not losses.find(ck, spec)]
+        assert held, f"format {name!r} holds neither a Llama nor a nanoGPT checkpoint: give it an example here"
+        api.save(held[0], put(name, "out"), name)
     return made
 
 

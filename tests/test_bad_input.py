@@ -159,8 +159,7 @@ def run_mutations(name: str, example: Path, work: Path, mutations) -> list[str]:
     return failures
 
 
-EXAMPLE_NAMES = ["nanogpt", "modded-nanogpt", "modded-nanogpt-medium", "lora-nanogpt", "peft", "peft:bin", "canonical",
-                 "safetensors", "safetensors:index", "mlx", "hf", "hf:bin", "swiftkv", "swiftkv:deepspeed", "moshi", "dcp"]
+EXAMPLE_NAMES = cases.LISTED + cases.new_formats()
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)

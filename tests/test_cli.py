@@ -356,12 +356,12 @@ def test_plugins_lists_builtins(cli):
     code, out, err = cli("plugins")
     assert code == 0 and err == ""
     assert "format canonical:" in out and "format safetensors:" in out and "family gpt:" in out
-    assert re.search(r"^\s+capabilities\s+kv_sharing, ties, trainable$", out, re.M)
+    assert re.search(r"^\s+capabilities\s+kv_sharing, quantized, ties, trainable$", out, re.M)
 
     data = json.loads(cli("plugins", "--json")[1])
     formats = {f["name"]: f for p in data["plugins"] for f in p["formats"]}
     assert set(formats) == {"canonical", "safetensors"}
-    assert formats["safetensors"]["capabilities"] == ["kv_sharing", "ties", "trainable"]
+    assert formats["safetensors"]["capabilities"] == ["kv_sharing", "quantized", "ties", "trainable"]
     assert formats["canonical"]["options"].keys() == {"max_shard_size", "verify"}
     assert all(p["error"] is None and p["distribution"] == "ckpt-core" for p in data["plugins"])
 

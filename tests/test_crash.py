@@ -45,11 +45,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bad_input_cases as cases
 import ckpt_core
 from ckpt_core import atomic, cli, safetensors_io
 from ckpt_core.compare import differences
 from ckpt_core.errors import CkptError, DiskFull
 from ckpt_core.model import Checkpoint, TrainState
+from ckpt_core.plugins import registry
 from ckpt_core.tensor import Tensor
 
 WORKER = Path(__file__).with_name("crash_worker.py")
@@ -248,6 +250,9 @@ CONVERTS = [
     ("convert-nanogpt", ("--import-torch", "cli", "convert"), "nanogpt", "ckpt.pt", 3, False),
     ("convert-dcp", ("--import-torch", "cli", "convert"), "dcp", "step-1", 3, False),
 ]
+# every other installed format that holds the source (a new plugin's): its own writer, compared by content
+CONVERTS += [(f"convert-{fmt}", ("cli", "convert"), fmt, "out", 3, False) for fmt in cases.new_formats()
+             if registry().spec(fmt).holds_family("gpt")]
 SHARDED = {"options": {"max_shard_size": "8MB"}, "workers": 2}  # shards written two at once (``pool``)
 
 

@@ -40,7 +40,7 @@ from ckpt_core import api, cli
 from ckpt_core.errors import CorruptInput, DestinationExists, DestinationIsSource, NotFound, UnknownFormat, UsageError
 
 EXAMPLES = ["nanogpt", "modded-nanogpt", "lora-nanogpt", "peft", "peft:bin", "canonical", "safetensors",
-            "safetensors:index", "mlx", "hf", "hf:bin", "swiftkv", "swiftkv:deepspeed", "moshi"]
+            "safetensors:index", "mlx", "hf", "hf:bin", "swiftkv", "swiftkv:deepspeed", "moshi", *cases.new_formats()]
 IS_SOURCE = DestinationIsSource.exit_code
 
 

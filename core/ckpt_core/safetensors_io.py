@@ -340,6 +340,7 @@ def write_file(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, st
                         if checksums:
                             crc = crc32(chunk, crc)
                         progress.advance(len(chunk))
+                    chunk = None  # a computed tensor's last chunk holds its whole array: free it before the next is made
                     if checksums:
                         sums[name] = crc
             os.fsync(out.fileno())

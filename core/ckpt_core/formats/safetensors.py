@@ -5,7 +5,9 @@ installed family schema, the family and its hyper-parameters are recognised; oth
 family is ``generic``. Writing stores ties, KV sharing and the trainable set as JSON under
 the metadata key ``ckpt_core`` (beside ``"format": "pt"``, which transformers requires), so
 a round trip through a plain file loses nothing it can hold, and the layouts of the formats
-the checkpoint was in before, so converting back to them needs no options. Adapters and training state
+the checkpoint was in before, so converting back to them needs no options. Weights packed by
+quantization (an mlx-lm directory's) are kept as they are, the packing among the graph's
+hyper-parameters (capability ``quantized``). Adapters and training state
 it cannot hold: converting them here is refused (see ``--merge-adapters``, ``--allow-loss``).
 """
 
@@ -28,7 +30,7 @@ META_KEY = "ckpt_core"
 SPEC = FormatSpec(
     name=NAME,
     description="a .safetensors file, or a directory of shards with model.safetensors.index.json",
-    capabilities=frozenset({"ties", "kv_sharing", "trainable"}),
+    capabilities=frozenset({"ties", "kv_sharing", "trainable", "quantized"}),
     dtypes=ALL_DTYPES,
     patterns=("*.safetensors", "*.safetensors.index.json"),
     options={
