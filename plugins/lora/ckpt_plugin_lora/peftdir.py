@@ -1,17 +1,23 @@
-"""Hugging Face peft LoRA adapter directories on GPT-2, read onto their base model.
+"""Hugging Face peft LoRA adapter directories, read onto their base model.
 
     adapter/
-      adapter_config.json          peft_type LORA, r, lora_alpha, target_modules, ...
+      adapter_config.json          peft_type LORA, r, lora_alpha, target_modules, rank_pattern, ...
       adapter_model.safetensors    base_model.model.<module>.lora_A.weight ... (or .bin)
-      base_model/                  the base model as HF GPT-2 (written by ckpt-core only)
+      base_model/                  the base model (written by ckpt-core only)
 
-A peft directory holds adapters only, so a canonical checkpoint needs the base weights
-too. Reading takes them from ``--option base=PATH``, else ``base_model/`` inside the
-directory, else ``base_model_name_or_path`` when it is a local path. The base may be an HF
-GPT-2 directory (Conv1D weights [in, out], transposed exactly) or anything ckpt-core reads.
-Writing puts the base in ``base_model/`` as an HF GPT-2 directory, unless ``base=PATH``
-names where it already is (then only the adapters are written and the config points there).
-Adapter fields peft's config cannot say go to the safetensors metadata key ``ckpt_core``.
+The base is HF GPT-2 (Conv1D targets, ``fan_in_fan_out``) or a Llama / Mistral / Qwen2 /
+Qwen3 directory (targets ``q_proj`` ... ``down_proj``, ``embed_tokens``, ``lm_head``), or
+anything else ckpt-core reads whose names the adapters' module paths name. A peft
+directory holds adapters only, so a canonical checkpoint needs the base weights too.
+Reading takes them from ``--option base=PATH``, else ``base_model/`` inside the
+directory, else ``base_model_name_or_path`` when it is a local path. Writing puts the base
+in ``base_model/`` (HF GPT-2, or the ``hf`` format), unless ``base=PATH`` names where it
+already is (then only the adapters are written and the config points there).
+
+peft saves the whole weight of a targeted embedding or head beside its adapters
+(``<module>.base_layer.weight``) and loads it over the base's: so it is read, replacing
+the base's tensor, and written again where it was. Adapter fields peft's config cannot
+say go to the safetensors metadata key ``ckpt_core``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from ckpt_core import Adapter, Checkpoint, CorruptInput, Layout, LossyConversion, NotFound, Tensor, UsageError
 from ckpt_core import jsonfile, safetensors_io, torchfile
@@ -32,6 +40,7 @@ CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 BASE_DIR = "base_model"
 META_KEY = "ckpt_core"
+FAMILIES = ("gpt", "llama", "qwen2", "qwen3")  # a Mistral directory is read as the llama family
 SCALINGS = {False: "alpha/rank", True: "alpha/sqrt(rank)"}
 
 
@@ -86,47 +95,78 @@ def read(path: Path, base: Any = None) -> Checkpoint:
     config = _config(path)
     weights_name, tensors, metadata = _weights(path)
     base_path, source = _base_path(path, config, base)
-    base_ck = hfgpt2.read(base_path) if hfgpt2.is_hf_gpt2(base_path) else _load_any(base_path)
+    base_ck = read_base(base_path)
     if base_ck.adapters:
         raise UsageError(f"{base_path}: the base model already has adapters; merge them first (--merge-adapters)")
     stored = json.loads(metadata.pop(META_KEY, "{}") or "{}")
     parts: dict[str, dict[str, Any]] = {}
     kinds: dict[str, str] = {}
+    saved: dict[str, Tensor] = {}
     for key, t in tensors.items():
         short = key.removeprefix(keys.PEFT_PREFIX)
         found = keys.match(keys.PEFT, short) if short != key else None
         if found is None:
             raise CorruptInput(f"{path / weights_name}: {key!r} is not a peft LoRA key ckpt-core reads")
         name, part = found
+        if part == "base":
+            saved[name] = t
+            continue
         parts.setdefault(name, {})[part[0]] = keys.orient(t, part)
         kinds[name] = "embedding" if "lora_embedding_" in short else "linear"
+    own = dict(base_ck.tensors)
+    for name, t in saved.items():
+        if name not in own and name not in base_ck.ties:
+            raise CorruptInput(f"{path / weights_name}: a saved {name!r}, which the base model {base_path} does not have")
+        if name in own:  # a tied head's saved copy is the table it shares: the tie stays
+            own[name] = t
     adapters = {}
     scaling = SCALINGS[bool(config.get("use_rslora"))]
     for name, p in parts.items():
         if set(p) != {"a", "b"}:
             raise CorruptInput(f"{path / weights_name}: the adapter on {name!r} lacks its {'B' if 'a' in p else 'A'} matrix")
-        if name not in base_ck.tensors and name not in base_ck.ties:
+        if name not in own and name not in base_ck.ties:
             raise CorruptInput(f"{path}: adapter on {name!r}, which the base model {base_path} does not have")
         module = keys.module_of(name)
         e = stored.get("adapters", {}).get(name, {})
         alpha = e["alpha"] if "alpha" in e else float(_pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", 8)))
         adapters[name] = Adapter(p["a"], p["b"], alpha, e.get("scaling", scaling), e.get("kind", kinds[name]))
     facts = {"config": config, "weights": weights_name, "metadata": metadata, "base_source": source,
-             "base_layout": {"format": base_ck.layout.format, "facts": base_ck.layout.facts}}
-    return base_ck.evolve(adapters=adapters, layout=Layout(NAME, source, facts, base_ck.layout.earlier))
+             **({"base_layers": sorted(saved)} if saved else {})}
+    earlier = (attrs.evolve(base_ck.layout, earlier=()), *base_ck.layout.earlier)
+    return base_ck.evolve(tensors=own, adapters=adapters, layout=Layout(NAME, source, facts, earlier))
 
 
-def _load_any(path: Path) -> Checkpoint:
+def read_base(path: Path) -> Checkpoint:
+    """The base model at ``path``: HF GPT-2 through this plugin's reader, anything else
+    (an ``hf`` directory, a canonical one, a safetensors file ...) through the core."""
+    if hfgpt2.is_hf_gpt2(path):
+        return hfgpt2.read(path)
     from ckpt_core import api
 
     return api.load(path)
 
 
+def write_base(ck: Checkpoint, path: Path) -> None:
+    """``ck`` (no adapters) as the base model directory ``path``: HF GPT-2 for the ``gpt``
+    family, the ``hf`` format for the others."""
+    if ck.arch.family == "gpt":
+        gpt2 = ck.layout.of(hfgpt2.LAYOUT)
+        hfgpt2.write(ck, path, gpt2.facts.get("config") if gpt2 else None)
+        return
+    from ckpt_core import api
+
+    try:
+        api.save(ck, path, "hf")
+    except LossyConversion as e:
+        raise LossyConversion(f"the base model cannot go to {BASE_DIR}/ as an hf directory ({e}); or pass "
+                              "--option base=PATH naming where the base model is", e.losses) from e
+
+
 # -- writing ---------------------------------------------------------------------------
 
 
-def _template() -> dict:
-    return {"base_model_name_or_path": None, "bias": "none", "fan_in_fan_out": True, "inference_mode": True,
+def _template(conv1d: bool) -> dict:
+    return {"base_model_name_or_path": None, "bias": "none", "fan_in_fan_out": conv1d, "inference_mode": True,
             "init_lora_weights": True, "lora_alpha": 8, "lora_dropout": 0.0, "modules_to_save": None,
             "peft_type": "LORA", "r": 8, "rank_pattern": {}, "alpha_pattern": {}, "target_modules": [],
             "task_type": None, "use_dora": False, "use_rslora": False}
@@ -144,7 +184,7 @@ def _config_for(ck: Checkpoint, base_option: Any) -> tuple[dict, dict]:
     """The adapter_config.json for ``ck``'s adapters, and the metadata entries it needs."""
     own = ck.layout.of(NAME)
     facts = own.facts if own else {}
-    config = dict(facts.get("config") or _template())
+    config = dict(facts.get("config") or _template(ck.arch.family == "gpt"))
     modules = {keys.module_of(n): ad for n, ad in ck.adapters.items()}
     extra: dict[str, dict] = {}
     rsl = [ad.scaling == "alpha/sqrt(rank)" for ad in ck.adapters.values()]
@@ -187,7 +227,8 @@ def write(ck: Checkpoint, path: Path, base: Any = None) -> None:
         raise LossyConversion(f"peft holds adapters on '<module>.weight' tensors only; the adapter on {bad[0]!r} would be lost "
                               "(merge it with --merge-adapters). Nothing was written.")
     config, extra = _config_for(ck, base)
-    tensors = {}
+    tensors = {keys.PEFT_PREFIX + keys.upstream(keys.PEFT, name, "base"): ck.tensor(name)
+               for name in facts.get("base_layers", []) if name in ck.names()}
     for name, ad in ck.adapters.items():
         wanted = ("bT", "aT") if ad.kind == "embedding" else ("a", "b")
         for part in wanted:
@@ -204,7 +245,5 @@ def write(ck: Checkpoint, path: Path, base: Any = None) -> None:
     else:
         safetensors_io.write_file(path / "adapter_model.safetensors", tensors, metadata)
     if not base:
-        base_layout = facts.get("base_layout", {})
-        hf_config = base_layout.get("facts", {}).get("config") if base_layout.get("format") == "hf-gpt2" else None
-        hfgpt2.write(ck.evolve(adapters={}), path / BASE_DIR, hf_config)
+        write_base(ck.evolve(adapters={}), path / BASE_DIR)
     safetensors_io.write_bytes(path / CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())

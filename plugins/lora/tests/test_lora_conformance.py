@@ -78,6 +78,9 @@ def _peft_no_base(directory):
 
 class TestPeftConformance(FormatConformance):
     format = "peft"
+    # Llama / Qwen bases go to base_model/ as hf directories, which hold HF teachers only:
+    # the every-pair test draws those (pairs_support), test_lora_peft_families proves them.
+    families = ("gpt",)
     bad_inputs = [
         ("a peft directory without its config", _peft_without_config, NotFound),
         ("a key peft's LoRA does not have", _peft_foreign_key, CorruptInput),
