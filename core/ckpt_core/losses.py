@@ -11,7 +11,7 @@ from collections.abc import Collection
 import attrs
 
 from .errors import LossyConversion, UsageError
-from .model import Checkpoint, FormatSpec
+from .model import DEQUANTIZE, QUANTIZATION, Checkpoint, FormatSpec
 
 # What can be allowed with ``--allow-loss``, and what it drops.
 ALLOWABLE = ("train_state", "optimizer_state", "kv_sharing", "trainable", "extra")
@@ -32,10 +32,13 @@ class Loss:
 def find(ck: Checkpoint, spec: FormatSpec) -> list[Loss]:
     """Everything ``ck`` has that a ``spec`` format cannot hold."""
     losses = []
+    caps = spec.capabilities
+    if QUANTIZATION in ck.arch.params and "quantized" not in caps:  # first: unpacked, the family is recognised too
+        losses.append(Loss("quantized", f"weights packed by quantization ({_packing(ck.arch.params[QUANTIZATION])}), "
+                                        f"which {spec.name!r} cannot hold: unpack them while reading", DEQUANTIZE))
     if not spec.holds_family(ck.arch.family):
         losses.append(Loss("family", f"format {spec.name!r} cannot hold family {ck.arch.family!r} "
                                      f"(it holds {', '.join(spec.families)})", ""))
-    caps = spec.capabilities
     if ck.adapters and "adapters" not in caps:
         names = ", ".join(list(ck.adapters)[:3]) + (", ..." if len(ck.adapters) > 3 else "")
         losses.append(Loss("adapters", f"{len(ck.adapters)} adapter(s) on {names}", "--merge-adapters"))
@@ -56,6 +59,12 @@ def find(ck: Checkpoint, spec: FormatSpec) -> list[Loss]:
     for dtype in bad:
         losses.append(Loss("dtype", f"{dtype} tensors, which {spec.name!r} cannot store", f"--cast {dtype}=<dtype>"))
     return losses
+
+
+def _packing(quantization) -> str:
+    if not isinstance(quantization, dict):
+        return repr(quantization)
+    return ", ".join(f"{k} {quantization[k]}" for k in ("mode", "bits", "group_size") if k in quantization) or "per module"
 
 
 def _all_tensors(ck: Checkpoint):

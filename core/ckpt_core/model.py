@@ -220,7 +220,14 @@ class Detection:
 
 # Capabilities a FormatSpec can declare. The core refuses a conversion that would drop one
 # of these things into a format that does not declare it.
-CAPABILITIES = ("ties", "kv_sharing", "adapters", "train_state", "optimizer_state", "trainable", "extra")
+CAPABILITIES = ("ties", "kv_sharing", "adapters", "train_state", "optimizer_state", "trainable", "extra", "quantized")
+
+# The hyper-parameter of a checkpoint whose weights are packed by quantization (mlx's
+# affine: ``{"group_size", "bits", "mode"}`` and per-module overrides): its packed weights,
+# scales and biases are tensors as they are stored, which only a format declaring
+# ``quantized`` holds; the reader that packs them unpacks them on request (``DEQUANTIZE``).
+QUANTIZATION = "quantization"
+DEQUANTIZE = "--option dequantize=true"
 
 
 @attrs.frozen

@@ -409,3 +409,16 @@ def write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_raw(path: Path, data: Tensor) -> None:
+    """Write a new file holding exactly a tensor's bytes (a file a directory format carries
+    as a 1-d U8 tensor: a tokenizer, a README), copied in the kernel when it is a file
+    range, and fsync it."""
+    with open(path, "xb", buffering=0) as out:
+        if data.file_range is not None:
+            copy_range(data.file_range, out)
+        else:
+            for chunk in data.iter_chunks():
+                write_all(out, chunk)
+        os.fsync(out.fileno())

@@ -1,0 +1,1 @@
+"""ckpt-plugin-mlx-lm: mlx-lm model directories for ckpt-core (format ``mlx-lm``)."""
