@@ -47,11 +47,12 @@ PEFT_SPEC = FormatSpec(
     description="a Hugging Face peft LoRA adapter directory on GPT-2, Llama, Mistral, Qwen2 or Qwen3 "
                 "(adapter_config.json + adapter_model.safetensors)",
     families=peftdir.FAMILIES,
-    capabilities=frozenset({"adapters", "ties"}),
+    capabilities=frozenset({"adapters", "adapters_alone", "ties"}),
     patterns=(peftdir.CONFIG, *peftdir.WEIGHTS),
     options={
-        "base": "the base model (an HF directory or any checkpoint); when writing, only the adapters are "
-                "written and the config points there (default: a copy in base_model/)",
+        "base": "the base model (an HF directory or any checkpoint; without it and base_model/, the adapters are read "
+                "alone); when writing, only the adapters are written and the config points there (default: a copy in "
+                "base_model/)",
     },
     extra_of=frozenset({"hf"}),  # the base's config fields and files, written with it in base_model/
 )
