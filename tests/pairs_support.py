@@ -138,8 +138,15 @@ def _plugin_strategy(module: str, name: str):
 
 def _peft(spec, family):
     """peft writes the base of a Llama / Qwen checkpoint as an ``hf`` directory
-    (``base_model/``): what ``hf`` holds, with adapters."""
-    return _SOURCES["hf"](spec, family) if family in ("llama", "qwen2", "qwen3") else checkpoints_for(spec, family)
+    (``base_model/``): what ``hf`` holds, with adapters; a ``generic`` one only as adapters
+    alone, on ``<module>.weight`` names as peft's keys are."""
+    if family in ("llama", "qwen2", "qwen3"):
+        return _SOURCES["hf"](spec, family)
+    if family == "generic":
+        alone = checkpoints_for(spec, family, adapters=True, adapters_alone=True)
+        return alone.map(lambda ck: ck.evolve(tensors={n + ".weight": t for n, t in ck.tensors.items()},
+                                              adapters={n + ".weight": ad for n, ad in ck.adapters.items()}))
+    return checkpoints_for(spec, family)
 
 
 _SOURCES = {
