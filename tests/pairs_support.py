@@ -11,7 +11,7 @@
 - ``source_checkpoints(format, family)``: canonical checkpoints format A can hold as they
   are. ``checkpoints_for(spec, family)`` for any format not in the table; the table narrows
   it for writers that need structure a FormatSpec cannot state (fused q/k/v of one dtype,
-  a SwiftKV student's plan, moshi's one LoRA rank), as each plugin's own conformance test
+  a SwiftKV student's plan, moshi's one LoRA rank, peft's base as an hf directory), as each plugin's own conformance test
   does. ``NOT_A_SOURCE`` lists (format, family) pairs a format accepts only by converting
   the family (nanoGPT <-> modded-nanogpt crossings): such a format never reads back as that
   family, so it cannot be the source of it.
@@ -136,10 +136,24 @@ def _plugin_strategy(module: str, name: str):
     return strategy
 
 
+def _peft(spec, family):
+    """peft writes the base of a Llama / Qwen checkpoint as an ``hf`` directory
+    (``base_model/``): what ``hf`` holds, with adapters; a ``generic`` one only as adapters
+    alone, on ``<module>.weight`` names as peft's keys are."""
+    if family in ("llama", "qwen2", "qwen3"):
+        return _SOURCES["hf"](spec, family)
+    if family == "generic":
+        alone = checkpoints_for(spec, family, adapters=True, adapters_alone=True)
+        return alone.map(lambda ck: ck.evolve(tensors={n + ".weight": t for n, t in ck.tensors.items()},
+                                              adapters={n + ".weight": ad for n, ad in ck.adapters.items()}))
+    return checkpoints_for(spec, family)
+
+
 _SOURCES = {
     "modded-nanogpt": _plugin_strategy("ckpt_plugin_nanogpt.testing", "checkpoints"),
     "modded-nanogpt-medium": _plugin_strategy("ckpt_plugin_nanogpt.testing", "checkpoints"),
     "hf": _plugin_strategy("ckpt_plugin_hf.testing", "checkpoints"),
     "swiftkv": _plugin_strategy("ckpt_plugin_swiftkv.testing", "students"),
     "moshi": _moshi,
+    "peft": _peft,
 }

@@ -29,7 +29,7 @@ from ckpt_core import (Adapter, Arch, Checkpoint, CkptWarning, CorruptInput, Lay
 from ckpt_core.gpt import adamw_param_order
 from ckpt_core import torchfile
 
-from . import keys, optimizer, trees
+from . import hfgpt2, keys, optimizer, trees
 
 NAME = "lora-nanogpt"
 EXT = "ckpt_core"
@@ -254,12 +254,8 @@ def _warn_if_activation_differs(ck: Checkpoint) -> None:
     """Warn when ``ck`` comes from an HF GPT-2 (a peft base) whose activation is not the
     fork's exact GELU: HF's default ``gelu_new`` is the tanh approximation, so the same
     weights give slightly different outputs in the fork's model."""
-    layout = ck.layout
-    if layout.format == "peft":
-        layout_facts = layout.facts.get("base_layout", {})
-        config = layout_facts.get("facts", {}).get("config") if layout_facts.get("format") == "hf-gpt2" else None
-    else:
-        config = layout.facts.get("config") if layout.format == "hf-gpt2" else None
+    hf = ck.layout.of(hfgpt2.LAYOUT)
+    config = hf.facts.get("config") if hf else None
     activation = (config or {}).get("activation_function", "gelu")
     if activation != "gelu":
         warnings.warn(f"the HF GPT-2 base computes activation_function={activation!r}, the fork's model exact GELU: "

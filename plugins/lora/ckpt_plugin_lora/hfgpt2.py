@@ -18,6 +18,7 @@ from ckpt_core import Arch, Checkpoint, CkptError, CkptWarning, CorruptInput, La
 from . import keys
 
 CONFIG = "config.json"
+LAYOUT = "hf-gpt2"
 META_KEY = "ckpt_core_hf_gpt2"  # not the safetensors format's key: these names are HF's, transposed
 HEAD, TABLE = "lm_head.weight", "transformer.wte.weight"
 # config.json key -> canonical hyper-parameter
@@ -66,7 +67,7 @@ def read(path: Path) -> Checkpoint:
         tied = HEAD not in out and TABLE in out and config.get("tie_word_embeddings", True)
         ties = {HEAD: TABLE} if tied else {}
     return Checkpoint(arch=Arch("gpt", params), tensors=out, ties=ties,
-                      layout=Layout("hf-gpt2", "", {"config": config}, g.layouts if stored is not None else ()))
+                      layout=Layout(LAYOUT, "", {"config": config}, g.layouts if stored is not None else ()))
 
 
 def write(ck: Checkpoint, path: Path, config: dict | None = None) -> None:

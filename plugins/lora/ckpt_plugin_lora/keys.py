@@ -35,8 +35,10 @@ FORK_TARGETS = {"transformer.h.{i}.attn.c_attn": "linear", "transformer.wte": "e
 TARGET_OPTIONS = {"attn": "transformer.h.{i}.attn.c_attn", "embedding": "transformer.wte"}
 
 PEFT_PREFIX = "base_model.model."
-# peft on GPT2LMHeadModel (fan_in_fan_out: Conv1D targets still store A [r, in], B [out, r]).
+# peft on any model (GPT-2's Conv1D targets, fan_in_fan_out, still store A [r, in], B [out, r]);
+# ``base_layer``: the whole weight of a targeted embedding or head, which peft saves too.
 PEFT = {
+    "{m}.base_layer.weight": ("{m}.weight", "base"),
     "{m}.lora_A.weight": ("{m}.weight", "a"),
     "{m}.lora_B.weight": ("{m}.weight", "b"),
     "{m}.lora_embedding_A": ("{m}.weight", "bT"),

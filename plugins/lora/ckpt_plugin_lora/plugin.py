@@ -1,11 +1,11 @@
 """The ckpt-core hooks of ckpt-plugin-lora: formats ``lora-nanogpt`` and ``peft``.
 
-Both hold the core's ``gpt`` family with adapters as edges, never merged unless asked with
-the core's ``--merge-adapters`` (``--option tied_head=tie`` keeps a tied head tied, merged
-too). Options that change
-the adapters (``rank``, ``targets``, ``rank_change``) apply when writing ``lora-nanogpt``;
-when they change the parameter set, optimizer state is dropped with a one-line warning,
-as the fork itself does.
+``lora-nanogpt`` holds the core's ``gpt`` family, ``peft`` that and the Llama / Mistral /
+Qwen families, with adapters as edges, never merged unless asked with the core's
+``--merge-adapters`` (``--option tied_head=tie`` keeps a tied head tied, merged too).
+Options that change the adapters (``rank``, ``targets``, ``rank_change``) apply when
+writing ``lora-nanogpt``; when they change the parameter set, optimizer state is dropped
+with a one-line warning, as the fork itself does.
 """
 
 from __future__ import annotations
@@ -44,14 +44,17 @@ FORK_SPEC = FormatSpec(
 
 PEFT_SPEC = FormatSpec(
     name=peftdir.NAME,
-    description="a Hugging Face peft LoRA adapter directory on GPT-2 (adapter_config.json + adapter_model.safetensors)",
-    families=("gpt",),
-    capabilities=frozenset({"adapters", "ties"}),
+    description="a Hugging Face peft LoRA adapter directory on GPT-2, Llama, Mistral, Qwen2 or Qwen3 "
+                "(adapter_config.json + adapter_model.safetensors)",
+    families=peftdir.FAMILIES,
+    capabilities=frozenset({"adapters", "adapters_alone", "ties"}),
     patterns=(peftdir.CONFIG, *peftdir.WEIGHTS),
     options={
-        "base": "the base model (HF GPT-2 directory or any checkpoint); when writing, only the adapters are "
-                "written and the config points there (default: a copy in base_model/)",
+        "base": "the base model (an HF directory or any checkpoint; without it and base_model/, the adapters are read "
+                "alone); when writing, only the adapters are written and the config points there (default: a copy in "
+                "base_model/)",
     },
+    extra_of=frozenset({"hf"}),  # the base's config fields and files, written with it in base_model/
 )
 
 

@@ -7,8 +7,9 @@ from lora_reference import fork_model
 from lora_reference import checkpoint_dict, train
 from test_lora_peft import tiny_peft
 
-from ckpt_core import CorruptInput, NotFound, UnsafeInput, UsageError
-from ckpt_core.testing import FormatConformance
+from ckpt_core import CorruptInput, NotFound, UnsafeInput
+from ckpt_core.plugins import registry
+from ckpt_core.testing import FormatConformance, checkpoints_for
 
 
 class NotAllowed:
@@ -68,20 +69,40 @@ def _peft_foreign_key(directory):
     return directory / "adapter"
 
 
-def _peft_no_base(directory):
-    tiny_peft(directory)
-    import shutil
+def _peft_half_adapter(directory):
+    from safetensors.torch import load_file, save_file
 
-    shutil.rmtree(directory / "base")
+    tiny_peft(directory)
+    weights = directory / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    del tensors["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"]
+    save_file(tensors, weights, {"format": "pt"})
     return directory / "adapter"
+
+
+def _on_weights(ck):
+    """``ck`` (adapters alone) with every name a module's ``.weight``, as peft's keys are."""
+    return ck.evolve(tensors={n + ".weight": t for n, t in ck.tensors.items()},
+                     adapters={n + ".weight": ad for n, ad in ck.adapters.items()})
 
 
 class TestPeftConformance(FormatConformance):
     format = "peft"
+
+    def checkpoint_strategy(self):
+        """gpt checkpoints (the base goes to base_model/ as HF GPT-2), and adapters alone on
+        '<module>.weight' names. Llama / Qwen bases go to base_model/ as hf directories,
+        which hold HF teachers only: the every-pair test draws those (pairs_support), and
+        test_lora_peft_families proves them with transformers and peft."""
+        from hypothesis import strategies as st
+
+        spec = registry().spec(self.format)
+        alone = checkpoints_for(spec, "generic", adapters=True, adapters_alone=True).map(_on_weights)
+        return st.one_of(checkpoints_for(spec, "gpt"), alone)
     bad_inputs = [
         ("a peft directory without its config", _peft_without_config, NotFound),
         ("a key peft's LoRA does not have", _peft_foreign_key, CorruptInput),
-        ("a base model that is not there", _peft_no_base, UsageError),
+        ("lora_A without lora_B", _peft_half_adapter, CorruptInput),
     ]
 
     def make_example(self, tmp_path):

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from ckpt_core import CkptWarning, CorruptInput, UsageError, api, torchfile
+from ckpt_core import CkptWarning, CorruptInput, api, torchfile
 from ckpt_core.compare import differences
 
 peft = pytest.importorskip("peft")
@@ -131,16 +131,18 @@ def test_bin_weights_are_read(hf, tmp_path):
     assert differences(api.load(adapter), api.load(hf["root"] / "adapter")) == []
 
 
-def test_base_is_required(hf, tmp_path):
+def test_base_found_or_given(hf, tmp_path):
+    """A base named by a hub id is not found: the adapters are read alone; base=PATH gives it."""
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     config = json.loads((hf["root"] / "adapter" / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "openai-community/gpt2"
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     (adapter / "adapter_model.safetensors").write_bytes((hf["root"] / "adapter" / "adapter_model.safetensors").read_bytes())
-    with pytest.raises(UsageError, match="--option base="):
-        api.load(adapter)
-    assert api.load(adapter, options={"base": str(hf["root"] / "base")}).adapters
+    alone = api.load(adapter)
+    assert alone.absent_names() == list(alone.tensors) and len(alone.adapters) == 3
+    given = api.load(adapter, options={"base": str(hf["root"] / "base")})
+    assert not given.absent_names() and differences(given, api.load(hf["root"] / "adapter")) == []
 
 
 def test_dora_is_refused(hf, tmp_path):

@@ -8,6 +8,10 @@ written without mlx. Where each file lands in the canonical model:
                                quantization -> arch.params["quantization"] (weights stay packed)
                                other fields -> extra["hf"]["config"]
     tokenizer.json, ...        -> extra["hf"]["files"][{file name}]  (bytes, unread)
+
+and mlx-lm LoRA adapter directories (``adapter_config.json`` + ``adapters.safetensors``), read
+as adapters on absent bases and written for a checkpoint that holds adapters alone
+(``adapters``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ckpt_core import CkptError, Detection, FormatSpec, hookimpl, jsonfile
 from ckpt_core.model import QUANTIZATION
 from ckpt_core.schema import FamilySchema
 
-from . import directory, disk
+from . import adapters, directory, disk
 
 NAME = directory.NAME
 # What mx.load reads: no float64, and of the fp8 kinds only E4M3 (as uint8, bytes intact).
@@ -29,10 +33,10 @@ DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"
 SPEC = FormatSpec(
     name=NAME,
     description="an mlx-lm model directory (mlx-community layout): config.json, model*.safetensors with its index, "
-                "tokenizer files; quantized or not",
-    capabilities=frozenset({"ties", "kv_sharing", "trainable", "quantized"}),
+                "tokenizer files; quantized or not; or an mlx-lm LoRA adapters directory",
+    capabilities=frozenset({"ties", "kv_sharing", "trainable", "quantized", "adapters", "adapters_alone"}),
     dtypes=DTYPES,
-    patterns=(disk.CONFIG, "model.safetensors", "model-*-of-*.safetensors", disk.INDEX),
+    patterns=(disk.CONFIG, "model.safetensors", "model-*-of-*.safetensors", disk.INDEX, adapters.CONFIG, adapters.WEIGHTS),
     options={
         "dequantize": "true: unpack quantized weights (affine) into their scales' dtype, exactly as mx.dequantize: "
                       "while reading (for formats that cannot hold packed weights) or before writing",
@@ -50,6 +54,8 @@ def ckpt_formats():
 @hookimpl
 def detect(path: Path):
     try:
+        if adapters.is_adapters(path):
+            return _detect_adapters(path)
         if path.is_dir() and (path / disk.CONFIG).is_file():
             return _detect_model_dir(path)
         return None
@@ -68,10 +74,21 @@ def _detect_model_dir(path: Path) -> Detection | None:
     return Detection(NAME, 0.3, "Hugging Face style model directory, which mlx-lm loads too", path)
 
 
+def _detect_adapters(path: Path) -> Detection:
+    try:
+        lora = adapters.lora_parameters(path)["lora_parameters"]
+    except CkptError as e:
+        return Detection(NAME, 0.3, f"an mlx-lm adapters directory that does not read ({e})", path)
+    return Detection(NAME, 0.95, f"mlx-lm LoRA adapters: rank {lora.get('rank')}, scale {lora.get('scale')}, "
+                                 f"keys {', '.join(map(str, lora.get('keys') or ['default']))}", path)
+
+
 @hookimpl
 def to_canonical(path: Path, format: str, options: dict[str, Any], families: Mapping[str, FamilySchema]):
     if format != NAME:
         return None
+    if adapters.is_adapters(path):
+        return adapters.read(path)
     return directory.read(path, options, families)
 
 
@@ -79,4 +96,7 @@ def to_canonical(path: Path, format: str, options: dict[str, Any], families: Map
 def from_canonical(checkpoint, path: Path, format: str, options: dict[str, Any]):
     if format != NAME:
         return None
+    if checkpoint.adapters:
+        adapters.write(checkpoint, path)
+        return True
     return directory.write(checkpoint, path, options)

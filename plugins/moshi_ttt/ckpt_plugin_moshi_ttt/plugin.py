@@ -15,7 +15,7 @@ SPEC = FormatSpec(
     name=NAME,
     description="Moshi fine-tuning run directory, checkpoint_XXXXXX/ or consolidated/ folder (LoRA, TTT layers)",
     families=("moshi", "generic"),
-    capabilities=frozenset({"ties", "adapters", "train_state", "optimizer_state"}),
+    capabilities=frozenset({"ties", "adapters", "adapters_alone", "train_state", "optimizer_state"}),
     patterns=(layout.ARGS, "checkpoints/checkpoint_*/consolidated/", layout.FULL, layout.LORA, layout.CONFIG,
               layout.TRAINING_CONFIG, layout.OPTIMIZER),
     options={

@@ -3,13 +3,15 @@ canonical Checkpoint, lazily: tensors are file ranges, nothing is read but heade
 YAML and the optimizer pickle's (mmap-ed) structure.
 
 LoRA pairs become adapters on their base tensors (moshi's scale: ``lora_scaling``, not
-divided by the rank) when the base is there: in a full file, or from ``base=PATH`` for a
-``lora.safetensors``. Without a base they stay tensors under their own names. A TTT
+divided by the rank): in a full file, from ``base=PATH`` for a ``lora.safetensors``, and
+without a base on absent ones (``Tensor.absent``: adapters alone, their base's name
+``X.weight``, shape [out, in] and the dtype the metadata records or the adapter's). A TTT
 layer's second name for its original layer's tensors becomes a tie.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,9 @@ from . import keys, layout, state, ttt
 from .family import MOSHI
 
 NAME = "moshi"
+# safetensors metadata key: what moshi's files cannot say of adapters alone (their bases'
+# dtypes) and of adapters stated otherwise (alpha and scaling as their source gave them)
+ADAPTERS_KEY = "ckpt_core_adapters"
 
 
 def locate(path: Path, step: int | None = None) -> tuple[str, Path, Path | None]:
@@ -39,8 +44,9 @@ def locate(path: Path, step: int | None = None) -> tuple[str, Path, Path | None]
     return found, path, None
 
 
-def read_weights(consolidated: Path) -> tuple[str, dict[str, Tensor], dict[str, Any], tuple[Layout, ...]]:
-    """(weights file name, its tensors, config.json, the earlier layouts its metadata records)."""
+def read_weights(consolidated: Path) -> tuple[str, dict[str, Tensor], dict[str, Any], tuple[Layout, ...], dict]:
+    """(weights file name, its tensors, config.json, the earlier layouts its metadata records,
+    the adapter facts it records: ``ADAPTERS_KEY``)."""
     weights = layout.weights_file(consolidated)
     if not (consolidated / layout.CONFIG).is_file():
         raise CorruptInput(f"{consolidated}: no {layout.CONFIG} beside {weights.name}")
@@ -48,7 +54,13 @@ def read_weights(consolidated: Path) -> tuple[str, dict[str, Tensor], dict[str, 
     raw, metadata = safetensors_io.open_file(weights)
     recorded = (metadata or {}).get(graph.LAYOUTS_KEY)
     earlier = graph.layouts_from_json(recorded, f"{weights}: metadata {graph.LAYOUTS_KEY!r}") if recorded is not None else ()
-    return weights.name, raw, config, earlier
+    try:
+        facts = json.loads((metadata or {}).get(ADAPTERS_KEY, "{}"))
+    except ValueError:
+        facts = None
+    if not isinstance(facts, dict) or not all(isinstance(facts.get(k, {}), dict) for k in ("bases", "adapters")):
+        raise CorruptInput(f"{weights}: metadata {ADAPTERS_KEY!r} is not a JSON object of bases and adapters")
+    return weights.name, raw, config, earlier, facts
 
 
 def current_naming(raw: dict[str, Tensor], config: dict[str, Any]) -> tuple[dict[str, Tensor], bool]:
@@ -68,9 +80,11 @@ def depformer_steps(config: dict[str, Any]) -> int:
     return config.get("dep_q", 1) if config.get("depformer_weights_per_step") else 1
 
 
-def assemble(flat: dict[str, Tensor], scaling: float | None, where: Path) -> tuple[dict[str, Tensor], dict[str, str], dict[str, Adapter]]:
+def assemble(flat: dict[str, Tensor], scaling: float | None, where: Path,
+             absent: dict[str, str] | None = None) -> tuple[dict[str, Tensor], dict[str, str], dict[str, Adapter]]:
     """Canonical-named tensors as (stored, ties, adapters): LoRA pairs on a present base
-    become adapters, the TTT layers' second names become ties."""
+    become adapters, and with ``absent`` (base name -> dtype recorded, for adapters alone)
+    those without a base too, on absent bases; the TTT layers' second names become ties."""
     names = dict(flat)
     adapters: dict[str, Adapter] = {}
     for a_name in [n for n in names if n.endswith(keys.LORA_A)]:
@@ -78,6 +92,11 @@ def assemble(flat: dict[str, Tensor], scaling: float | None, where: Path) -> tup
         b_name, base = prefix + keys.LORA_B, prefix + ".weight"
         if b_name not in names:
             raise CorruptInput(f"{where}: {a_name} has no {b_name}")
+        if base not in names and absent is not None:
+            a, b = names[a_name], names[b_name]
+            if len(a.shape) != 2 or len(b.shape) != 2:
+                raise CorruptInput(f"{where}: {a_name} {list(a.shape)} and {b_name} {list(b.shape)} are not LoRA matrices")
+            names[base] = Tensor.absent(absent.get(base, a.dtype), (b.shape[0], a.shape[1]))
         if base in names:
             if scaling is None:
                 raise CorruptInput(f"{where}: LoRA weights but config.json has no lora_scaling")
@@ -101,7 +120,7 @@ def assemble(flat: dict[str, Tensor], scaling: float | None, where: Path) -> tup
 def read(path: Path, options: dict[str, Any]) -> Checkpoint:
     """The canonical Checkpoint at ``path`` (options: ``step``, ``base``)."""
     found, consolidated, run_dir = locate(path, options.get("step"))
-    weights_name, raw, config, earlier = read_weights(consolidated)
+    weights_name, raw, config, earlier, recorded = read_weights(consolidated)
     current, legacy = current_naming(raw, config)
     flat = {keys.to_canonical(k): t for k, t in current.items()}
     if len(flat) != len(current):
@@ -112,7 +131,9 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
         if not isinstance(options["base"], str):
             raise UsageError(f"option base takes a path, not {options['base']!r}")
         flat = with_base(flat, Path(options["base"]))
-    tensors, ties, adapters = assemble(flat, config.get("lora_scaling"), consolidated / weights_name)
+    alone = recorded.get("bases", {}) if adapters_only and options.get("base") is None else None
+    tensors, ties, adapters = assemble(flat, config.get("lora_scaling"), consolidated / weights_name, alone)
+    adapters = {name: _as_recorded(ad, recorded.get("adapters", {}).get(name)) for name, ad in adapters.items()}
     folder_step = layout.step_of(consolidated.parent) if found != "consolidated" else None
     ts = state.read(consolidated, folder_step, run_dir)
     params = {k: v for k, v in config.items() if k != "lora"}
@@ -133,6 +154,14 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
         layout=Layout(NAME, found, {"weights": weights_name, "legacy_naming": legacy,
                                     "trained": trained}, earlier),
     )
+
+
+def _as_recorded(ad: Adapter, stated: Any) -> Adapter:
+    """``ad`` with the alpha and scaling its source stated, when the metadata records them
+    (moshi's own ``lora_scaling`` is that scale as a plain multiplier)."""
+    if not isinstance(stated, dict):
+        return ad
+    return Adapter(ad.a, ad.b, stated.get("alpha", ad.alpha), stated.get("scaling", ad.scaling), ad.kind)
 
 
 def _ttt_settings(ts) -> dict[str, Any] | None:
@@ -157,7 +186,7 @@ def with_base(flat: dict[str, Tensor], base: Path) -> dict[str, Tensor]:
         current, _ = current_naming(raw, {})
     else:
         _, consolidated, _ = locate(base)
-        _, raw, config, _ = read_weights(consolidated)
+        _, raw, config, _, _ = read_weights(consolidated)
         current, _ = current_naming(raw, config)
     base_flat = {keys.to_canonical(k): t for k, t in current.items()}
     lora_like = [n for n in base_flat if n.endswith((keys.LORA_A, keys.LORA_B))]

@@ -6,10 +6,14 @@ safetensors metadata, one weights file).
   ``--merge-adapters``), are written as the LoRA-wrapped model's state dict
   (``X.frozen_W.weight``, ``X.lora_A.weight``, ``X.lora_B.weight``) with ``"lora": true``;
   without adapters config.json says ``"lora": false``, so moshi wraps no random adapters
-  around merged weights. Adapters-only weights need ``base=PATH``.
+  around merged weights. Adapters without their base weights (LoRA tensors alone, or
+  adapters on absent bases) need ``base=PATH``.
 - ``weights=lora``: ``lora.safetensors``: LoRA matrices and the trained tensors (TTT
   blocks, and whatever the source ``lora.safetensors`` held); dropping any other tensor
-  is refused unless ``drop_frozen=true``.
+  is refused unless ``drop_frozen=true``. Absent bases are not written: the default when
+  the checkpoint has any. What the file cannot say (an absent base's dtype other than its
+  adapter's, an adapter's alpha and scaling other than a plain scale) is JSON under the
+  metadata key ``ckpt_core_adapters``.
 - ``init_state=true``: weights and config.json only, for a new run's ``init_state_dir``.
 """
 
@@ -19,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import Checkpoint, LossyConversion, Tensor, UsageError, graph, safetensors_io
+from ckpt_core import BaseMissing, Checkpoint, CorruptInput, LossyConversion, Tensor, UsageError, graph, safetensors_io
 from ckpt_core.tensor import same_bytes
 
 from . import keys, layout, reader, state, ttt
@@ -54,12 +58,13 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
                       "consolidated" if ck.train_state is None else  # no state: no step to invent
                       own.variant if own is not None else "run")
     where = _choice(options, "layout", LAYOUTS, default_layout)
-    weights = _choice(options, "weights", ("full", "lora"), "lora" if unattached_lora(ck) else "full")
+    without_base = len(unattached_lora(ck)) + len(ck.absent_names())
+    weights = _choice(options, "weights", ("full", "lora"), "lora" if without_base else "full")
     naming = _choice(options, "naming", ("current", "legacy"), "current")
-    if weights == "full" and unattached_lora(ck):
+    if weights == "full" and without_base:
         if options.get("base") is None:
-            raise UsageError(f"{len(unattached_lora(ck))} LoRA tensors have no base weights: a full consolidated.safetensors "
-                             "needs --option base=PATH (the model they were trained on), or write --option weights=lora")
+            raise BaseMissing(f"{without_base} LoRA tensors or adapters have no base weights: a full consolidated.safetensors "
+                              "needs --option base=PATH (the model they were trained on), or write --option weights=lora")
         if not isinstance(options["base"], str):
             raise UsageError(f"option base takes a path, not {options['base']!r}")
         ck = _with_base(ck, Path(options["base"]))
@@ -74,18 +79,35 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
         tensors = keys.join_legacy(tensors)
     consolidated = _folders(path, where, ts)
     recorded = graph.layouts_to_json(ck, reader.NAME)  # the source's layouts, so converting back needs no options
+    metadata = {**({graph.LAYOUTS_KEY: recorded} if recorded else {}), **_adapter_facts(ck)}
     safetensors_io.write_file(consolidated / (layout.FULL if weights == "full" else layout.LORA), dict(sorted(tensors.items())),
-                              {graph.LAYOUTS_KEY: recorded} if recorded else None)
+                              metadata or None)
     safetensors_io.write_bytes(consolidated / layout.CONFIG, (json.dumps(config, indent=2) + "\n").encode())
     if ts is not None:
         _write_state(ts, consolidated, path)
 
 
 def _with_base(ck: Checkpoint, base: Path) -> Checkpoint:
-    flat = {n: ck.tensor(n) for n in ck.names()}
+    """``ck`` with the weights its adapters and LoRA tensors lack taken from ``base``."""
+    absent = set(ck.absent_names())
+    flat = {n: ck.tensor(n) for n in ck.names() if n not in absent and ck.ties.get(n) not in absent}
     flat = reader.with_base(flat, base)
     tensors, ties, adapters = reader.assemble(flat, ck.arch.params.get("lora_scaling"), base)
-    return ck.evolve(tensors=tensors, ties=ties, adapters=adapters)
+    lacking = [n for n in ck.adapters if n not in tensors and n not in ties]
+    if lacking:
+        raise CorruptInput(f"base={base}: has no {lacking[0]}, which an adapter is on")
+    return ck.evolve(tensors=tensors, ties=ties, adapters={**adapters, **ck.adapters})
+
+
+def _adapter_facts(ck: Checkpoint) -> dict[str, str]:
+    """The metadata entry of what moshi's files cannot say: absent bases' dtypes where they
+    are not their adapter's, and alpha and scaling of adapters stated otherwise than as a
+    plain scale."""
+    bases = {n: ck.tensors[n].dtype for n in ck.absent_names() if n in ck.adapters and ck.tensors[n].dtype != ck.adapters[n].a.dtype}
+    stated = {n: {"alpha": ad.alpha, "scaling": ad.scaling} for n, ad in ck.adapters.items()
+              if ad.scaling != "alpha" or type(ad.alpha) is not float}
+    facts = {k: v for k, v in (("bases", bases), ("adapters", stated)) if v}
+    return {reader.ADAPTERS_KEY: json.dumps(facts, separators=(",", ":"))} if facts else {}
 
 
 def _check_ties(ck: Checkpoint) -> None:
@@ -151,8 +173,9 @@ def _lora(ck: Checkpoint, drop_frozen: bool) -> tuple[dict[str, Tensor], dict[st
     trained = own.facts.get("trained") if own is not None else None
     if trained is None:
         trained = [n for n in ck.names() if keys.TTT_LAYER.match(n) and not keys.ALIAS.match(n)]
-    keep = set(trained) | set(unattached_lora(ck)) | {a for a, t in ck.ties.items() if t.endswith((keys.LORA_A, keys.LORA_B))}
-    dropped = [n for n in ck.names() if n not in keep]
+    absent = set(ck.absent_names())
+    keep = (set(trained) | set(unattached_lora(ck)) | {a for a, t in ck.ties.items() if t.endswith((keys.LORA_A, keys.LORA_B))}) - absent
+    dropped = [n for n in ck.names() if n not in keep and n not in absent and ck.ties.get(n) not in absent]
     if dropped and not drop_frozen:
         raise LossyConversion(f"lora.safetensors keeps adapters and trained tensors only; {len(dropped)} frozen tensors "
                               f"({', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''}) would be dropped "
