@@ -27,8 +27,10 @@ SPEC = FormatSpec(
     options={"weights": "fp32 (default: the master weights, as zero_to_fp32.py gives them) or module (the module's own "
                         "dtype; ZeRO 0/1/2 only)",
              "world_size": "writing: the data-parallel world size to partition for (default: the source's, or 1)",
-             "stage": "writing: ZeRO stage 1 or 2 (default: the source's, or 2)",
-             "dtype": "writing: the training dtype of the module weights, fp32, bf16 or fp16 (default: the source's)"},
+             "stage": "writing: ZeRO stage 1, 2 or 3 (default: the source's, or 2)",
+             "dtype": "writing: the training dtype of the module weights, fp32, bf16 or fp16 (default: the source's)",
+             "optimizer": "writing a checkpoint without optimizer state: fresh (zero Adam moments, step 0, torch's AdamW "
+                          "hyper-parameters) or a mapping of AdamW hyper-parameters ({lr: 0.01, weight_decay: 0.1})"},
     run_dirs=True,
     writes_any=False,
 )

@@ -263,18 +263,35 @@ def optimizer_state(tag: Tag) -> OptimizerState:
     moments = {key: [[_flat_slot(s, key, tag) for s in per_rank] for per_rank in slots] for key in flat_keys}
     param_state, groups = {}, []
     base_groups = _base_state(tag.optim[0], tag, 0).get("param_groups") or []
+    owners = _owners(tag, base_groups, len(shapes))
     for g, group_shapes in enumerate(shapes):
         for name, shape in group_shapes.items():
             first = pieces[name][0].group if pieces[name] else 0
             param_state[name] = {key: zero.assemble(pieces[name], moments[key], shape) if key in moments else value
                                  for key, value in slots[0][first].items()}
-        hyper = base_groups[g] if g < len(base_groups) else base_groups[0] if base_groups else {}
+        if g and owners[g] == owners[g - 1]:  # a ZeRO-3 sub-group of the group before
+            groups[-1]["params"] += list(group_shapes)
+            continue
+        hyper = base_groups[owners[g]] if owners[g] < len(base_groups) else base_groups[0] if base_groups else {}
         groups.append({**{k: v for k, v in hyper.items() if k != "params"}, "params": list(group_shapes)})
     first_optim = tag.optim[0]
     kind = "adamw" if any(gr.get("decoupled_weight_decay") for gr in groups) else "adam" if any(
         "betas" in gr for gr in groups) else ""
     return OptimizerState(kind, param_state, groups, extra={
         "zero_stage": tag.stage, "world_size": tag.world, **{k: first_optim[k] for k in SCALAR_KEYS if k in first_optim}})
+
+
+def _owners(tag: Tag, base_groups: list, n: int) -> list[int]:
+    """The param group each of the ``n`` flat groups belongs to: itself, but under ZeRO-3
+    a group's parameters may be cut into sub-groups, which its ``params`` list."""
+    if tag.stage != 3 or not base_groups:
+        return list(range(n))
+    owner = {i: g for g, group in enumerate(base_groups) if isinstance(group, dict)
+             for i in (group.get("params") or []) if type(i) is int}
+    if sorted(owner) != list(range(n)):
+        raise CorruptInput(f"{tag.folder}: the optimizer's param groups list sub-groups {sorted(owner)}, "
+                           f"the partitions hold {n}")
+    return [owner[i] for i in range(n)]
 
 
 def stage0_optimizer(tag: Tag) -> OptimizerState | None:

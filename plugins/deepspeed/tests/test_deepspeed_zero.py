@@ -4,29 +4,19 @@ this test session, from the same files)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import subprocess
 import sys
 
 import pytest
 import torch
 from ckpt_core import torchfile
-from deepspeed_runs import RUNS
+from deepspeed_runs import RUNS, zero_to_fp32
 
 import ckpt_core
 from ckpt_core.compare import differences
 
 CLI = [sys.executable, "-m", "ckpt_core"]
 ZERO_TO_FP32 = [r for r in RUNS if not r.startswith(("bf16opt", "z0"))]  # it refuses these: no ZeRO partitions
-
-
-def zero_to_fp32(run):
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        found = get_fp32_state_dict_from_zero_checkpoint(str(run))
-    return {k: v.contiguous() for k, v in found.items()}  # ZeRO-3 gives lazy gathered tensors
 
 
 def expected(run):
