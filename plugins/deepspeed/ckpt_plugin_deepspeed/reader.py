@@ -108,8 +108,12 @@ def read(path: Path, options: dict[str, Any], families: Mapping[str, FamilySchem
     ts = train_state(tag)
     # what training updates: the parameters with optimizer state (not frozen ones, not buffers)
     trainable = tuple(n for n in tensors if n in ts.optimizer.param_state) if ts.optimizer else None
+    params = options.get("params") or {}
+    if not isinstance(params, dict):
+        raise UsageError(f"--option params must be a mapping such as {{'n_head': 32}}, not {params!r}")
+    arch = graph.recognised_arch(tensors, families)
     return Checkpoint(
-        arch=graph.recognised_arch(tensors, families), tensors=tensors, ties=ties, train_state=ts, trainable=trainable,
+        arch=attrs.evolve(arch, params={**arch.params, **params}), tensors=tensors, ties=ties, train_state=ts, trainable=trainable,
         layout=Layout(NAME, _variant(tag), {"tag": tag.folder.name, "weights": weights,
                                             "buffer_names": list(tag.states.get("buffer_names") or ())}),
     )

@@ -118,12 +118,36 @@ def _with_optimizer(ck: Checkpoint, fresh: Any) -> Checkpoint:
     if opt is not None and opt.param_state:
         raise UsageError("--option optimizer: this checkpoint has an optimizer state, which a fresh one would drop; "
                          "leave the option out to write it. Nothing was written.")
-    names = list(ck.trainable if ck.trainable is not None else ck.tensors)
+    names = list(ck.trainable) if ck.trainable is not None else module_order(ck)
     step = Tensor.from_bytes(bytes(4), "F32", ())
     state = {n: {"step": step, "exp_avg": _zeros(ck.tensors[n].shape), "exp_avg_sq": _zeros(ck.tensors[n].shape)}
              for n in names}
     fresh_opt = OptimizerState("adamw", state, [{**ADAMW, **hyper, "params": names}])
     return ck.evolve(train_state=attrs.evolve(ts, optimizer=fresh_opt))
+
+
+def module_order(ck: Checkpoint) -> list[str]:
+    """The tensors in the order of the module's ``parameters()``, which DeepSpeed's flat
+    partitions follow and no weights file records: the family schema's order (its rules
+    list a module's tensors as the model defines them, layer by layer), else the
+    checkpoint's own (a torch state dict's order is the module's)."""
+    from ckpt_core.plugins import registry
+
+    schema = registry().families.get(ck.arch.family)
+    if schema is None:
+        return list(ck.tensors)
+    first_layer = next((k for k, rule in enumerate(schema.tensors) if "{i}" in rule.pattern), len(schema.tensors))
+    keys = {}
+    for name in ck.tensors:
+        found = schema.rule_for(name)
+        if found is None:
+            raise UsageError(f"{name} is not a tensor of the {ck.arch.family} family, so its place in the module's "
+                             "parameter order (which DeepSpeed's partitions follow) is unknown: a fresh optimizer "
+                             "state needs a checkpoint of a known family. Nothing was written.")
+        rule, layer = found
+        k = schema.tensors.index(rule)
+        keys[name] = (1, layer, k) if layer is not None else (0 if k < first_layer else 2, 0, k)
+    return sorted(ck.tensors, key=keys.__getitem__)
 
 
 def _zeros(shape: tuple[int, ...]) -> Tensor:
