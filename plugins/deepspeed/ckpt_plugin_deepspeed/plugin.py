@@ -31,6 +31,8 @@ SPEC = FormatSpec(
              "world_size": "writing: the data-parallel world size to partition for (default: the source's, or 1)",
              "stage": "writing: ZeRO stage 1, 2 or 3 (default: the source's, or 2)",
              "dtype": "writing: the training dtype of the module weights, fp32, bf16 or fp16 (default: the source's)",
+             "universal": "writing: true for DeepSpeed's universal layout (zero/<param>/fp32.pt ...), which its engine "
+                          "loads at any world size with \"checkpoint\": {\"load_universal\": true}",
              "optimizer": "writing a checkpoint without optimizer state: fresh (zero Adam moments, step 0, torch's AdamW "
                           "hyper-parameters) or a mapping of AdamW hyper-parameters ({lr: 0.01, weight_decay: 0.1})"},
     run_dirs=True,

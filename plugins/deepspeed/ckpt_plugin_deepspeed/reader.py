@@ -23,7 +23,7 @@ from ckpt_core.schema import FamilySchema
 from ckpt_core.tensor import Tensor
 
 from . import folder as layout
-from . import pickles, zero
+from . import pickles, universal, zero
 
 NAME = "deepspeed"
 WEIGHTS = ("fp32", "module")
@@ -47,6 +47,7 @@ class Tag:
     optim: list[dict]  # per rank: the ``optimizer_state_dict`` of its optim file (empty: none)
     stage: int | None  # None: DeepSpeed's BF16_Optimizer (ZeRO-1 layout, no zero_stage)
     world: int
+    universal: bool = False  # DeepSpeed's universal layout (zero/<param>/*.pt), no optimizer files
 
 
 def open_tag(path: Path) -> Tag:
@@ -64,7 +65,8 @@ def open_tag(path: Path) -> Tag:
         zero_config = config.get("zero_optimization") if isinstance(config, dict) else None
         stage = zero_config.get("stage") if isinstance(zero_config, dict) else None
         world = states.get("dp_world_size")
-        return Tag(folder, states, [], stage if type(stage) is int else 0, world if type(world) is int and world > 0 else 1)
+        return Tag(folder, states, [], stage if type(stage) is int else 0, world if type(world) is int and world > 0 else 1,
+                   universal.is_universal(folder))
     optim = []
     for rank, f in files.items():
         top = pickles.load(f)
@@ -92,14 +94,16 @@ def open_tag(path: Path) -> Tag:
 
 def read(path: Path, options: dict[str, Any], families: Mapping[str, FamilySchema]) -> Checkpoint:
     tag = open_tag(path)
-    weights = options.get("weights", "fp32" if tag.optim else "module")
+    weights = options.get("weights", "fp32" if tag.optim or tag.universal else "module")
     if weights not in WEIGHTS:
         raise UsageError(f"--option weights={weights}: use fp32 (the master weights, as zero_to_fp32.py) or module")
-    if not tag.optim and tag.stage == 3:
+    if not tag.optim and not tag.universal and tag.stage == 3:
         raise NotFound(f"{tag.folder}: ZeRO-3 keeps the weights only in the optimizer partition files "
                        "(*_optim_states.pt), and there are none")
-    if weights == "module" or not tag.optim:
+    if weights == "module" or not (tag.optim or tag.universal):
         tensors = module_weights(tag)
+    elif tag.universal:
+        tensors = universal_checkpoint(tag)[0]
     else:
         tensors = master_weights(tag)
     shared = {**(_second_names(_module(tag)) if tag.stage != 3 else {}), **(tag.states.get("shared_params") or {})}
@@ -120,7 +124,20 @@ def read(path: Path, options: dict[str, Any], families: Mapping[str, FamilySchem
 
 
 def _variant(tag: Tag) -> str:
-    return "bf16_optimizer" if tag.stage is None else f"zero{tag.stage}"
+    return "universal" if tag.universal else "bf16_optimizer" if tag.stage is None else f"zero{tag.stage}"
+
+
+def universal_checkpoint(tag: Tag) -> tuple[dict[str, Tensor], OptimizerState]:
+    """A universal checkpoint's tensors, in the module's order where the model states keep
+    a module, and its optimizer state."""
+    frozen = tag.states.get("frozen_param_shapes") or {}
+    if not isinstance(frozen, dict):
+        raise CorruptInput(f"{tag.folder}: frozen_param_shapes is not a mapping of names to shapes")
+    tensors, opt = universal.read(tag.folder, tag.states, _param_shapes(tag.states, tag.folder), frozen)
+    module = tag.states.get("module") if isinstance(tag.states.get("module"), dict) else {}
+    order = [n for n in module if n in tensors] + [n for n in tensors if n not in module]
+    return {n: tensors[n] for n in order}, attrs.evolve(opt, extra={**opt.extra, "zero_stage": tag.stage,
+                                                                    "world_size": tag.world})
 
 
 def _module(tag: Tag) -> dict[str, Tensor]:
@@ -239,7 +256,8 @@ def train_state(tag: Tag) -> TrainState:
     return TrainState(
         step=steps if type(steps) is int else step,
         epoch=epoch,
-        optimizer=optimizer_state(tag) if tag.optim else stage0_optimizer(tag),
+        optimizer=optimizer_state(tag) if tag.optim else universal_checkpoint(tag)[1] if tag.universal
+        else stage0_optimizer(tag),
         scheduler=states.get("lr_scheduler"),
         rng=rng or None,
         config=ds_config,

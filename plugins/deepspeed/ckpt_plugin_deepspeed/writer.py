@@ -38,7 +38,7 @@ from ckpt_core.model import Checkpoint, OptimizerState, TrainState
 from ckpt_core.tensor import Tensor
 
 from . import folder as layout
-from . import pickles, zero
+from . import pickles, universal, zero
 
 DS_VERSION = "0.19.8"
 DTYPES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
@@ -83,7 +83,13 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
     folder.mkdir()
     trainable = {n for g in groups for n in g}
     prefix = "bf16_" if dtype == "bf16" else ""
-    if stage == 3:
+    if _flag(options, "universal"):
+        universal.write(folder, ck.tensors, groups, opt, _global_state(opt.extra, stage))
+        states = _model_states(ck, groups, trainable, 1, dtype, stage, facts)
+        for name in universal.MODEL_STATES:  # ZeRO-1/2 engines read the first, ZeRO-3 ones the second
+            torchfile.save({**states, "dp_world_size": world, "universal_checkpoint_info": universal.VERSION}, folder / name)
+        (path / universal.LATEST).write_text(tag)
+    elif stage == 3:
         sub_groups, owners = _sub_groups(ck, groups, world, ts.config)
         for rank in range(world):
             torchfile.save(_zero3_optimizer_file(ck, sub_groups, owners, world, rank),
@@ -96,6 +102,25 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
                            folder / f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
         torchfile.save(_model_states(ck, groups, trainable, world, dtype, stage, facts), folder / layout.MODEL_STATES)
     (path / layout.LATEST).write_text(tag)
+
+
+def _flag(options: dict, key: str) -> bool:
+    value = options.get(key, False)
+    if type(value) is not bool:
+        raise UsageError(f"--option {key}={value!r}: true or false")
+    return value
+
+
+def _global_state(extra: dict, stage: int) -> dict:
+    """The optimizer's scalar state as DeepSpeed saves it beside the partitions."""
+    return {
+        "loss_scaler": _scaler(extra.get("loss_scaler")),
+        "dynamic_loss_scale": extra.get("dynamic_loss_scale", False),
+        "overflow": extra.get("overflow", False),
+        "zero_stage": torchfile.call(*ZERO_STAGE, stage),
+        "ds_version": DS_VERSION,
+        **({"clip_grad": extra["clip_grad"]} if "clip_grad" in extra else {}),
+    }
 
 
 def _with_optimizer(ck: Checkpoint, fresh: Any) -> Checkpoint:
@@ -218,19 +243,13 @@ def _optimizer_file(ck: Checkpoint, groups: list[list[str]], world: int, rank: i
     extra = opt.extra
     return {
         "optimizer_state_dict": {
-            "loss_scaler": _scaler(extra.get("loss_scaler")),
-            "dynamic_loss_scale": extra.get("dynamic_loss_scale", False),
-            "overflow": extra.get("overflow", False),
+            **_global_state(extra, stage),  # ZeRO-3 sources keep no clip_grad: then the engine keeps its configured one
             "base_optimizer_state": {"state": slots, "param_groups": [{**h, "params": [g]} for g, h in enumerate(hyper)]},
             "single_partition_of_fp32_groups": fp32,
-            "zero_stage": torchfile.call(*ZERO_STAGE, stage),
             "group_paddings": paddings,
             "param_alignment_paddings": [[0] * len(names) for names in groups],
             "partition_count": [world] * len(groups),
-            "ds_version": DS_VERSION,
             "param_slice_mappings": mappings,
-            # ZeRO-3 files keep no clip_grad: then the engine keeps its configured one
-            **({"clip_grad": extra["clip_grad"]} if "clip_grad" in extra else {}),
         },
         "ds_config": ck.train_state.config,
         "ds_version": DS_VERSION,
@@ -292,10 +311,7 @@ def _zero3_optimizer_file(ck: Checkpoint, sub_groups: list[list[str]], owners: l
     extra = opt.extra
     return {
         "optimizer_state_dict": {
-            "zero_stage": torchfile.call(*ZERO_STAGE, 3),
-            "loss_scaler": _scaler(extra.get("loss_scaler")),
-            "dynamic_loss_scale": extra.get("dynamic_loss_scale", False),
-            "overflow": extra.get("overflow", False),
+            **_global_state(extra, 3),
             "partition_count": world,
             "optimizer_state_dict": {"state": slots, "param_groups": [{**h, "params": p} for h, p in zip(hyper, params)]},
             "fp32_flat_groups": fp32,

@@ -49,7 +49,8 @@ class Net(nn.Module):
 
 
 def config(case: str) -> dict:
-    kind, dtype = case.split("-") if "-" in case else ("z1", "bf16")
+    """``case``: ``z<stage>-<dtype>`` or ``bf16opt``; ``-universal`` at the end loads universal checkpoints."""
+    kind, dtype = case.split("-")[:2] if "-" in case else ("z1", "bf16")
     cfg = {
         "train_micro_batch_size_per_gpu": 2,
         "gradient_accumulation_steps": 1,
@@ -62,6 +63,8 @@ def config(case: str) -> dict:
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 8}
     if case == "bf16opt":
         cfg["data_types"] = {"grad_accum_dtype": "fp32"}
+    if case.endswith("-universal"):
+        cfg["checkpoint"] = {"load_universal": True}
     return cfg
 
 
