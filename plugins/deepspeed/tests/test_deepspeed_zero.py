@@ -84,6 +84,7 @@ def test_parameters_are_file_ranges_or_concatenations(ds_runs):
     embed = ck.tensors["embed.weight"]
     assert [p.file_range.path.name for p in embed.parts] == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
     assert b"".join(embed.iter_chunks(4096)) == embed.tobytes()  # streamed part by part, in order
+    assert embed.file_ranges() == [p.file_range for p in embed.parts]  # what writers copy in the kernel
     assert all(r is not None and r.path.name.endswith("optim_states.pt") for n, r in ranges.items()
                if n in ("proj.weight", "proj.bias", "norm.weight", "norm.bias"))
     assert ranges["frozen.weight"].path.name == "mp_rank_00_model_states.pt"
