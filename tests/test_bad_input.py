@@ -160,7 +160,8 @@ def run_mutations(name: str, example: Path, work: Path, mutations) -> list[str]:
 
 
 EXAMPLE_NAMES = ["nanogpt", "modded-nanogpt", "modded-nanogpt-medium", "lora-nanogpt", "peft", "peft:bin", "canonical",
-                 "safetensors", "safetensors:index", "mlx", "hf", "hf:bin", "swiftkv", "swiftkv:deepspeed", "moshi", "dcp"]
+                 "safetensors", "safetensors:index", "mlx", "hf", "hf:bin", "swiftkv", "swiftkv:deepspeed", "moshi", "dcp",
+                 "deepspeed"]
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)

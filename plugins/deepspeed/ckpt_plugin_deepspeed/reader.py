@@ -55,10 +55,7 @@ def open_tag(path: Path) -> Tag:
     folder = layout.tag_folder(path)
     if folder is None:
         raise NotFound(f"{path}: not a DeepSpeed save directory or tag folder (no latest file, no {layout.MODEL_STATES})")
-    states_path = layout.model_states(folder)
-    states = pickles.load(states_path)
-    if not isinstance(states, dict):
-        raise CorruptInput(f"{states_path}: not a DeepSpeed model-states dict")
+    states = _states(layout.model_states(folder))
     files = layout.rank_files(folder, "optim")
     if not files:
         config = states.get("ds_config")
@@ -90,6 +87,13 @@ def open_tag(path: Path) -> Tag:
     if stage is not None and (type(stage) is not int or not 1 <= stage <= 3):
         raise CorruptInput(f"{files[0]}: zero_stage {stage!r} is not 1, 2 or 3")
     return Tag(folder, states, optim, stage, world)
+
+
+def _states(path: Path) -> dict:
+    states = pickles.load(path)
+    if not isinstance(states, dict):
+        raise CorruptInput(f"{path}: not a DeepSpeed model-states dict")
+    return states
 
 
 def read(path: Path, options: dict[str, Any], families: Mapping[str, FamilySchema]) -> Checkpoint:
@@ -171,12 +175,12 @@ def master_weights(tag: Tag) -> dict[str, Tensor]:
     for name in buffers & set(module):
         found[name] = zero.widened(module[name])  # as zero_to_fp32.py returns buffers
     frozen = states.get("frozen_param_shapes") or {}
-    if tag.stage == 3:
-        fragments = [states.get("frozen_param_fragments")]
-        if frozen:
-            models = layout.rank_files(tag.folder, "model")
-            fragments = [pickles.load(models[r]).get("frozen_param_fragments") if r in models else None
-                         for r in range(tag.world)]
+    if tag.stage == 3:  # every rank's model states (each loads on its rank): its frozen fragments
+        models = layout.rank_files(tag.folder, "model")
+        missing = sorted(set(range(tag.world)) - set(models))
+        if missing:
+            raise NotFound(f"{where}: no model-states file for rank {missing[0]} of {tag.world} (an interrupted save?)")
+        fragments = [_states(models[r]).get("frozen_param_fragments") for r in range(tag.world)]
         found.update(zero.split_frozen(fragments, frozen, where))
     else:
         fragments = states.get("frozen_param_fragments") or {}
