@@ -65,6 +65,7 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
     dtype = options.get("dtype", _config_dtype(ts.config))
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise UsageError(f"--option dtype={dtype!r}: use fp32, bf16 or fp16")
+    as_universal = _flag(options, "universal")
     opt = ts.optimizer
     # a parameter without any state never had a gradient (torch lists frozen ones too): not trainable
     groups = [[n for n in g["params"] if opt.param_state.get(n)] for g in opt.groups]
@@ -83,7 +84,7 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
     folder.mkdir()
     trainable = {n for g in groups for n in g}
     prefix = "bf16_" if dtype == "bf16" else ""
-    if _flag(options, "universal"):
+    if as_universal:
         universal.write(folder, ck.tensors, groups, opt, _global_state(opt.extra, stage))
         states = _model_states(ck, groups, trainable, 1, dtype, stage, facts)
         for name in universal.MODEL_STATES:  # ZeRO-1/2 engines read the first, ZeRO-3 ones the second

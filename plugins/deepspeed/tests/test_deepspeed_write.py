@@ -77,6 +77,8 @@ def test_writing_without_adam_state_is_refused(ds_runs, tmp_path):
         ckpt_core.save(ck.evolve(train_state=ck.train_state.__class__(step=2)), tmp_path / "out", "deepspeed")
     with pytest.raises(ckpt_core.UsageError, match="stages are 1, 2 and 3"):
         ckpt_core.save(ck, tmp_path / "out", "deepspeed", {"stage": 4})
+    with pytest.raises(ckpt_core.UsageError, match="universal='yes': true or false"):
+        ckpt_core.save(ck, tmp_path / "out", "deepspeed", {"universal": "yes"})
     with pytest.raises(ckpt_core.UsageError, match="has an optimizer state, which a fresh one would drop"):
         ckpt_core.save(ck, tmp_path / "out", "deepspeed", {"optimizer": "fresh"})
     assert not (tmp_path / "out").exists()
