@@ -1,18 +1,24 @@
-"""DeepSpeed ZeRO -> safetensors: ckpt-core against DeepSpeed's own ``zero_to_fp32.py``.
+"""DeepSpeed ZeRO -> safetensors / hf: ckpt-core against DeepSpeed's own ``zero_to_fp32.py``.
 
-    python bench/bench_deepspeed.py --size 1GB [--world-size 2] [--dir D] [--keep] [--json]
+    python bench/bench_deepspeed.py --size 2GB [--stage 3] [--world-size 2] [--dir D] [--keep] [--json]
 
-Generates a ZeRO-2 save directory of ``--size`` fp32 master weights (nanoGPT shapes, 4096
-wide) plus Adam moments and bf16 module weights, partitioned for ``--world-size`` ranks
-(written by ckpt-core's deepspeed writer, whose output DeepSpeed's engine loads: see
-plugins/deepspeed/tests), then times, each in its own process from a warm page cache:
+Generates a ZeRO save directory (ZeRO-3 by default) of at least ``--size`` fp32 master
+weights (Llama shapes: 4096 wide, a 32000 vocabulary, untied head, as many layers as it
+takes) plus Adam moments, partitioned for ``--world-size`` ranks. ckpt-core's deepspeed
+writer writes it, in the layout DeepSpeed's engine writes and loads (the plugin's tests
+prove it on engine-written checkpoints: DeepSpeed's ``zero_to_fp32.py`` reads the writer's
+ZeRO-3 output bit for bit and its engine resumes from it with the same losses). Under ZeRO-3
+every parameter straddles the ranks: each is a concatenation of one piece per rank's file.
+Then times, each in its own process from a warm page cache:
 
 - ``zero_to_fp32``: ``convert_zero_checkpoint_to_fp32_state_dict(..., safe_serialization=True)``
 - ``ckpt-core``: ``ckpt-core convert run model.safetensors --to safetensors --allow-loss train_state``
+- ``ckpt-core hf``: ``ckpt-core convert run hf --to hf`` (the heads given with ``--option params=``)
+- ``start-up``: ``ckpt-core --help`` (what every command pays before it reads a byte)
 - ``cp+sync``: copying a file of the fp32 bytes, and syncing it
 
-and checks that both outputs hold the same tensors bit for bit (``ckpt-core diff``). By
-hand only, never in CI: it writes about 4x ``--size`` to disk.
+and checks that the outputs hold the same tensors bit for bit (``ckpt-core diff``). By
+hand only, never in CI: it writes about 7x ``--size`` to disk.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from benchlib import bf16_words, gpt_shapes, human, parse_size, run, summarize, tree_size, warm, work_parent
+from benchlib import bf16_words, human, nbytes, parse_size, run, summarize, tree_size, warm, work_parent
 
 import ckpt_core
 from ckpt_core.dtypes import to_float32
@@ -37,6 +43,9 @@ ZERO_TO_FP32 = ("from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoin
                 "import sys; c(sys.argv[1], sys.argv[2], safe_serialization=True)")
 
 
+HEADS = {"n_head": 32, "n_kv_head": 8}
+
+
 def f32(shape: tuple[int, ...], seed: int, positive: bool = False) -> Tensor:
     def load() -> np.ndarray:
         values = to_float32(bf16_words(shape, seed), "BF16")
@@ -44,23 +53,47 @@ def f32(shape: tuple[int, ...], seed: int, positive: bool = False) -> Tensor:
     return Tensor.from_loader("F32", shape, load)
 
 
-def make_run(path: Path, size: int, world: int) -> int:
-    """A ZeRO-2 save directory of ``size`` fp32 master bytes; returns the largest tensor's bytes."""
-    _, shapes = gpt_shapes(size // 2)  # BF16 bytes -> half as many parameters as fp32 bytes
+def llama_shapes(size: int) -> dict[str, tuple[int, ...]]:
+    """A Llama of at least ``size`` fp32 bytes (4096 wide, GQA 32/8 heads; narrower when the
+    embedding and head alone would pass half of ``size``), in module order."""
+    vocab, d = 32000, 4096
+    while d > 256 and 2 * vocab * d * 4 > size // 2:
+        d //= 2
+    ff, kv = d * 43 // 16, d // 4  # 11008 and 1024 at 4096 wide
+
+    def layer(i: int) -> dict[str, tuple[int, ...]]:
+        h = f"model.layers.{i}."
+        return {h + "self_attn.q_proj.weight": (d, d), h + "self_attn.k_proj.weight": (kv, d),
+                h + "self_attn.v_proj.weight": (kv, d), h + "self_attn.o_proj.weight": (d, d),
+                h + "mlp.gate_proj.weight": (ff, d), h + "mlp.up_proj.weight": (ff, d), h + "mlp.down_proj.weight": (d, ff),
+                h + "input_layernorm.weight": (d,), h + "post_attention_layernorm.weight": (d,)}
+
+    layers: dict[str, tuple[int, ...]] = {}
+    tail = {"model.norm.weight": (d,), "lm_head.weight": (vocab, d)}
+    while 2 * nbytes({"model.embed_tokens.weight": (vocab, d), **layers, **tail}) < size:  # nbytes counts BF16
+        layers.update(layer(len(layers) // 9))
+    return {"model.embed_tokens.weight": (vocab, d), **layers, **tail}
+
+
+def make_run(path: Path, size: int, world: int, stage: int) -> int:
+    """A ZeRO save directory of at least ``size`` fp32 master bytes; returns the largest tensor's bytes."""
+    shapes = llama_shapes(size)
     tensors = {n: f32(s, i * 7919) for i, (n, s) in enumerate(shapes.items())}
     slots = {n: {"step": Tensor.from_numpy(np.float32(10)), "exp_avg": f32(s, i * 7919 + 1),
                  "exp_avg_sq": f32(s, i * 7919 + 2, positive=True)} for i, (n, s) in enumerate(shapes.items())}
     groups = [{"lr": 6e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1, "params": list(shapes)}]
     state = TrainState(step=10, optimizer=OptimizerState("adamw", slots, groups, extra={"clip_grad": 1.0}),
-                       config={"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}},
-                       extra={"world_size": world, "zero_stage": 2})
-    ckpt_core.save(Checkpoint(tensors=tensors, train_state=state), path, "deepspeed", {"world_size": world, "dtype": "bf16"})
+                       config={"bf16": {"enabled": True}, "zero_optimization": {"stage": stage}},
+                       extra={"world_size": world, "zero_stage": stage})
+    ckpt_core.save(Checkpoint(tensors=tensors, train_state=state), path, "deepspeed",
+                   {"world_size": world, "dtype": "bf16", "stage": stage})
     return max(t.nbytes for t in tensors.values())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="1GB", help="fp32 master weight bytes (default 1GB)")
+    parser.add_argument("--size", default="2GB", help="fp32 master weight bytes, at least (default 2GB)")
+    parser.add_argument("--stage", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--dir", type=Path, help="where to put the files (not a tmpfs; default /work or .)")
     parser.add_argument("--keep", action="store_true", help="keep the files")
@@ -71,28 +104,38 @@ def main() -> None:
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     try:
         src = work / "run"
-        largest = make_run(src, size, args.world_size)
+        largest = make_run(src, size, args.world_size, args.stage)
         fp32_bytes = sum(p.stat().st_size for p in src.rglob("*optim_states.pt")) // 3  # master + 2 moments
         warm(src)
-        ours, theirs, copy = work / "ckpt-core.safetensors", work / "zero_to_fp32", work / "copy"
+        ours, hf, theirs, copy = work / "ckpt-core.safetensors", work / "hf", work / "zero_to_fp32", work / "copy"
         cli = str(Path(sys.executable).with_name("ckpt-core"))
         results = {
             "zero_to_fp32": summarize([run([sys.executable, "-c", ZERO_TO_FP32, str(src), str(theirs)], env)]),
             "ckpt-core": summarize([run([cli, "--quiet", "convert", str(src), str(ours), "--to", "safetensors",
                                          "--allow-loss", "train_state"], env)]),
+            "ckpt-core hf": summarize([run([cli, "--quiet", "convert", str(src), str(hf), "--to", "hf", "--option",
+                                            f"params={json.dumps(HEADS)}", "--allow-loss", "train_state",
+                                            # the hf writer (swiftkv's today) takes the trainable set only so
+                                            "--option", "drop_swiftkv=true"], env)]),
+            "start-up": summarize([run([cli, "--help"], env) for _ in range(3)]),
         }
         results["cp+sync"] = summarize([run(["sh", "-c", f"cp {ours} {copy} && sync"], env)])
-        same = ckpt_core.diff(ours, theirs).identical
-        report = {"size": human(size), "world_size": args.world_size, "source_bytes": tree_size(src),
-                  "largest_tensor": largest, "fp32_bytes": fp32_bytes, "identical": same, "results": results}
+        same = ckpt_core.diff(ours, theirs).identical and ckpt_core.diff(hf, theirs).identical
+        report = {"size": human(size), "stage": args.stage, "world_size": args.world_size,
+                  "source_bytes": tree_size(src), "largest_tensor": largest, "fp32_bytes": fp32_bytes, "identical": same,
+                  "results": results}
         if args.json:
             print(json.dumps(report, indent=2))
             return
-        print(f"ZeRO-2, {args.world_size} ranks, {human(fp32_bytes)} fp32 master weights ({human(tree_size(src))} on disk), "
-              f"largest tensor {human(largest)}; outputs identical: {same}")
+        print(f"ZeRO-{args.stage}, {args.world_size} ranks, {human(fp32_bytes)} fp32 master weights "
+              f"({human(tree_size(src))} on disk), largest tensor {human(largest)}; outputs identical: {same}")
         print(f"{'case':14} {'wall s':>8} {'cpu s':>8} {'peak RSS':>10} {'x cp+sync':>10}")
         for name, r in results.items():
             print(f"{name:14} {r['wall']:8.2f} {r['cpu']:8.2f} {human(r['rss']):>10} {r['wall'] / results['cp+sync']['wall']:10.2f}")
+        ckpt = results["ckpt-core"]
+        print(f"targets: peak RSS <= largest + 300 MB: {ckpt['rss'] <= largest + 300 * 10**6}; "
+              f"wall <= 1.5x cp+sync: {ckpt['wall'] <= 1.5 * results['cp+sync']['wall']}; "
+              f"faster than zero_to_fp32: {ckpt['wall'] < results['zero_to_fp32']['wall']}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

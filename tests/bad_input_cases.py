@@ -47,7 +47,8 @@ Mutation = tuple[str, str, Callable[[Path], None]]
 
 # The examples ``build_examples`` makes by hand (``format:variant`` for a format's other layouts).
 LISTED = ["nanogpt", "modded-nanogpt", "modded-nanogpt-medium", "lora-nanogpt", "peft", "peft:bin", "canonical",
-          "safetensors", "safetensors:index", "mlx", "hf", "hf:bin", "swiftkv", "swiftkv:deepspeed", "moshi", "dcp"]
+          "safetensors", "safetensors:index", "mlx", "hf", "hf:bin", "swiftkv", "swiftkv:deepspeed", "moshi", "dcp",
+          "deepspeed"]
 
 
 def new_formats() -> list[str]:
@@ -162,6 +163,7 @@ def _build(root: Path) -> dict[str, Path]:
     (output / "latest").write_text(tag.name)
 
     api.save(gpt, put("dcp", "step-1"), "dcp", {"world_size": 2}, allow_loss=["extra"])
+    api.save(gpt, put("deepspeed", "run"), "deepspeed", {"world_size": 2}, allow_loss=["extra"])
 
     opt = gpt.train_state.optimizer
     position = {name: str(i) for i, name in enumerate(opt.param_state)}  # moshi numbers parameters by position
@@ -646,6 +648,7 @@ PICKLE_SITES = {
     "hf:bin": "teacher/pytorch_model.bin",
     "swiftkv:deepspeed": "output/epoch_1_global_step_40/mp_rank_00_model_states.pt",
     "moshi": "run/checkpoints/checkpoint_000001/consolidated/optimizer_state.pt",
+    "deepspeed": "run/global_step1/mp_rank_00_model_states.pt",  # optimizer files: in its own tests
 }
 PICKLE_FORMS = ("zip, nested in dicts and lists", "zip, in place of a tensor", "zip, data.pkl replaced",
                 "legacy torch file", "bare pickle, protocol 4")

@@ -327,12 +327,15 @@ def write_file(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, st
         try:
             write_all(out, build_header(tensors, metadata))
             for name, t in tensors.items():
-                if t.file_range is not None and t.nbytes:
-                    # The kernel copies; the checksums of file ranges are read on the other
+                ranges = t.file_ranges() if t.nbytes else None
+                if ranges is not None and (len(ranges) == 1 or not checksums):
+                    # The kernel copies (each part of a concatenation, such as a ZeRO parameter
+                    # straddling ranks); the checksums of file ranges are read on the other
                     # core meanwhile, and while the file is fsync-ed (collected at the end).
                     if checksums:
-                        pending[name] = pool.submit(crc32_range, t.file_range)
-                    copy_range(t.file_range, out)
+                        pending[name] = pool.submit(crc32_range, ranges[0])
+                    for rng in ranges:
+                        copy_range(rng, out)
                 else:
                     crc = 0
                     for chunk in t.iter_chunks():

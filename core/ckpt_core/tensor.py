@@ -185,6 +185,15 @@ class Tensor:
     def tobytes(self) -> bytes:
         return self.raw().tobytes()
 
+    def file_ranges(self) -> list[FileRange] | None:
+        """The file ranges whose bytes, one after the other, are this tensor's (one for a
+        file range, one per part of a concatenation of them), for a writer to copy in the
+        kernel; None if any byte is computed."""
+        if self.parts:
+            found = [part.file_ranges() for part in self.parts]
+            return None if any(r is None for r in found) else [r for ranges in found for r in ranges]
+        return [self.file_range] if self.file_range is not None else None
+
     def iter_chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[memoryview]:
         """The bytes in order, at most ``chunk_size`` at a time. A file range is read
         piece by piece, a concatenation part by part; anything else is materialised once

@@ -26,9 +26,15 @@ SPEC = FormatSpec(
               "*/[bf16_]zero_pp_rank_*_mp_rank_00_optim_states.pt"),
     options={"weights": "fp32 (default: the master weights, as zero_to_fp32.py gives them) or module (the module's own "
                         "dtype; ZeRO 0/1/2 only)",
+             "params": "hyper-parameters the tensors cannot show, merged over the recognised ones, as "
+                       "{'n_head': 32, 'n_kv_head': 8} (DeepSpeed keeps no model config; --to hf needs the heads)",
              "world_size": "writing: the data-parallel world size to partition for (default: the source's, or 1)",
-             "stage": "writing: ZeRO stage 1 or 2 (default: the source's, or 2)",
-             "dtype": "writing: the training dtype of the module weights, fp32, bf16 or fp16 (default: the source's)"},
+             "stage": "writing: ZeRO stage 1, 2 or 3 (default: the source's, or 2)",
+             "dtype": "writing: the training dtype of the module weights, fp32, bf16 or fp16 (default: the source's)",
+             "universal": "writing: true for DeepSpeed's universal layout (zero/<param>/fp32.pt ...), which its engine "
+                          "loads at any world size with \"checkpoint\": {\"load_universal\": true}",
+             "optimizer": "writing a checkpoint without optimizer state: fresh (zero Adam moments, step 0, torch's AdamW "
+                          "hyper-parameters) or a mapping of AdamW hyper-parameters ({lr: 0.01, weight_decay: 0.1})"},
     run_dirs=True,
     writes_any=False,
 )

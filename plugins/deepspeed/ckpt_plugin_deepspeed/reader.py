@@ -23,7 +23,7 @@ from ckpt_core.schema import FamilySchema
 from ckpt_core.tensor import Tensor
 
 from . import folder as layout
-from . import pickles, zero
+from . import pickles, universal, zero
 
 NAME = "deepspeed"
 WEIGHTS = ("fp32", "module")
@@ -47,6 +47,7 @@ class Tag:
     optim: list[dict]  # per rank: the ``optimizer_state_dict`` of its optim file (empty: none)
     stage: int | None  # None: DeepSpeed's BF16_Optimizer (ZeRO-1 layout, no zero_stage)
     world: int
+    universal: bool = False  # DeepSpeed's universal layout (zero/<param>/*.pt), no optimizer files
 
 
 def open_tag(path: Path) -> Tag:
@@ -54,17 +55,15 @@ def open_tag(path: Path) -> Tag:
     folder = layout.tag_folder(path)
     if folder is None:
         raise NotFound(f"{path}: not a DeepSpeed save directory or tag folder (no latest file, no {layout.MODEL_STATES})")
-    states_path = layout.model_states(folder)
-    states = pickles.load(states_path)
-    if not isinstance(states, dict):
-        raise CorruptInput(f"{states_path}: not a DeepSpeed model-states dict")
+    states = _states(layout.model_states(folder))
     files = layout.rank_files(folder, "optim")
     if not files:
         config = states.get("ds_config")
         zero_config = config.get("zero_optimization") if isinstance(config, dict) else None
         stage = zero_config.get("stage") if isinstance(zero_config, dict) else None
         world = states.get("dp_world_size")
-        return Tag(folder, states, [], stage if type(stage) is int else 0, world if type(world) is int and world > 0 else 1)
+        return Tag(folder, states, [], stage if type(stage) is int else 0, world if type(world) is int and world > 0 else 1,
+                   universal.is_universal(folder))
     optim = []
     for rank, f in files.items():
         top = pickles.load(f)
@@ -90,16 +89,25 @@ def open_tag(path: Path) -> Tag:
     return Tag(folder, states, optim, stage, world)
 
 
+def _states(path: Path) -> dict:
+    states = pickles.load(path)
+    if not isinstance(states, dict):
+        raise CorruptInput(f"{path}: not a DeepSpeed model-states dict")
+    return states
+
+
 def read(path: Path, options: dict[str, Any], families: Mapping[str, FamilySchema]) -> Checkpoint:
     tag = open_tag(path)
-    weights = options.get("weights", "fp32" if tag.optim else "module")
+    weights = options.get("weights", "fp32" if tag.optim or tag.universal else "module")
     if weights not in WEIGHTS:
         raise UsageError(f"--option weights={weights}: use fp32 (the master weights, as zero_to_fp32.py) or module")
-    if not tag.optim and tag.stage == 3:
+    if not tag.optim and not tag.universal and tag.stage == 3:
         raise NotFound(f"{tag.folder}: ZeRO-3 keeps the weights only in the optimizer partition files "
                        "(*_optim_states.pt), and there are none")
-    if weights == "module" or not tag.optim:
+    if weights == "module" or not (tag.optim or tag.universal):
         tensors = module_weights(tag)
+    elif tag.universal:
+        tensors = universal_checkpoint(tag)[0]
     else:
         tensors = master_weights(tag)
     shared = {**(_second_names(_module(tag)) if tag.stage != 3 else {}), **(tag.states.get("shared_params") or {})}
@@ -108,15 +116,32 @@ def read(path: Path, options: dict[str, Any], families: Mapping[str, FamilySchem
     ts = train_state(tag)
     # what training updates: the parameters with optimizer state (not frozen ones, not buffers)
     trainable = tuple(n for n in tensors if n in ts.optimizer.param_state) if ts.optimizer else None
+    params = options.get("params") or {}
+    if not isinstance(params, dict):
+        raise UsageError(f"--option params must be a mapping such as {{'n_head': 32}}, not {params!r}")
+    arch = graph.recognised_arch(tensors, families)
     return Checkpoint(
-        arch=graph.recognised_arch(tensors, families), tensors=tensors, ties=ties, train_state=ts, trainable=trainable,
+        arch=attrs.evolve(arch, params={**arch.params, **params}), tensors=tensors, ties=ties, train_state=ts, trainable=trainable,
         layout=Layout(NAME, _variant(tag), {"tag": tag.folder.name, "weights": weights,
                                             "buffer_names": list(tag.states.get("buffer_names") or ())}),
     )
 
 
 def _variant(tag: Tag) -> str:
-    return "bf16_optimizer" if tag.stage is None else f"zero{tag.stage}"
+    return "universal" if tag.universal else "bf16_optimizer" if tag.stage is None else f"zero{tag.stage}"
+
+
+def universal_checkpoint(tag: Tag) -> tuple[dict[str, Tensor], OptimizerState]:
+    """A universal checkpoint's tensors, in the module's order where the model states keep
+    a module, and its optimizer state."""
+    frozen = tag.states.get("frozen_param_shapes") or {}
+    if not isinstance(frozen, dict):
+        raise CorruptInput(f"{tag.folder}: frozen_param_shapes is not a mapping of names to shapes")
+    tensors, opt = universal.read(tag.folder, tag.states, _param_shapes(tag.states, tag.folder), frozen)
+    module = tag.states.get("module") if isinstance(tag.states.get("module"), dict) else {}
+    order = [n for n in module if n in tensors] + [n for n in tensors if n not in module]
+    return {n: tensors[n] for n in order}, attrs.evolve(opt, extra={**opt.extra, "zero_stage": tag.stage,
+                                                                    "world_size": tag.world})
 
 
 def _module(tag: Tag) -> dict[str, Tensor]:
@@ -150,12 +175,12 @@ def master_weights(tag: Tag) -> dict[str, Tensor]:
     for name in buffers & set(module):
         found[name] = zero.widened(module[name])  # as zero_to_fp32.py returns buffers
     frozen = states.get("frozen_param_shapes") or {}
-    if tag.stage == 3:
-        fragments = [states.get("frozen_param_fragments")]
-        if frozen:
-            models = layout.rank_files(tag.folder, "model")
-            fragments = [pickles.load(models[r]).get("frozen_param_fragments") if r in models else None
-                         for r in range(tag.world)]
+    if tag.stage == 3:  # every rank's model states (each loads on its rank): its frozen fragments
+        models = layout.rank_files(tag.folder, "model")
+        missing = sorted(set(range(tag.world)) - set(models))
+        if missing:
+            raise NotFound(f"{where}: no model-states file for rank {missing[0]} of {tag.world} (an interrupted save?)")
+        fragments = [_states(models[r]).get("frozen_param_fragments") for r in range(tag.world)]
         found.update(zero.split_frozen(fragments, frozen, where))
     else:
         fragments = states.get("frozen_param_fragments") or {}
@@ -235,7 +260,8 @@ def train_state(tag: Tag) -> TrainState:
     return TrainState(
         step=steps if type(steps) is int else step,
         epoch=epoch,
-        optimizer=optimizer_state(tag) if tag.optim else stage0_optimizer(tag),
+        optimizer=optimizer_state(tag) if tag.optim else universal_checkpoint(tag)[1] if tag.universal
+        else stage0_optimizer(tag),
         scheduler=states.get("lr_scheduler"),
         rng=rng or None,
         config=ds_config,
@@ -263,18 +289,35 @@ def optimizer_state(tag: Tag) -> OptimizerState:
     moments = {key: [[_flat_slot(s, key, tag) for s in per_rank] for per_rank in slots] for key in flat_keys}
     param_state, groups = {}, []
     base_groups = _base_state(tag.optim[0], tag, 0).get("param_groups") or []
+    owners = _owners(tag, base_groups, len(shapes))
     for g, group_shapes in enumerate(shapes):
         for name, shape in group_shapes.items():
             first = pieces[name][0].group if pieces[name] else 0
             param_state[name] = {key: zero.assemble(pieces[name], moments[key], shape) if key in moments else value
                                  for key, value in slots[0][first].items()}
-        hyper = base_groups[g] if g < len(base_groups) else base_groups[0] if base_groups else {}
+        if g and owners[g] == owners[g - 1]:  # a ZeRO-3 sub-group of the group before
+            groups[-1]["params"] += list(group_shapes)
+            continue
+        hyper = base_groups[owners[g]] if owners[g] < len(base_groups) else base_groups[0] if base_groups else {}
         groups.append({**{k: v for k, v in hyper.items() if k != "params"}, "params": list(group_shapes)})
     first_optim = tag.optim[0]
     kind = "adamw" if any(gr.get("decoupled_weight_decay") for gr in groups) else "adam" if any(
         "betas" in gr for gr in groups) else ""
     return OptimizerState(kind, param_state, groups, extra={
         "zero_stage": tag.stage, "world_size": tag.world, **{k: first_optim[k] for k in SCALAR_KEYS if k in first_optim}})
+
+
+def _owners(tag: Tag, base_groups: list, n: int) -> list[int]:
+    """The param group each of the ``n`` flat groups belongs to: itself, but under ZeRO-3
+    a group's parameters may be cut into sub-groups, which its ``params`` list."""
+    if tag.stage != 3 or not base_groups:
+        return list(range(n))
+    owner = {i: g for g, group in enumerate(base_groups) if isinstance(group, dict)
+             for i in (group.get("params") or []) if type(i) is int}
+    if sorted(owner) != list(range(n)):
+        raise CorruptInput(f"{tag.folder}: the optimizer's param groups list sub-groups {sorted(owner)}, "
+                           f"the partitions hold {n}")
+    return [owner[i] for i in range(n)]
 
 
 def stage0_optimizer(tag: Tag) -> OptimizerState | None:

@@ -10,6 +10,8 @@ world size 1, 2, no ZeRO (stage 0) and DeepSpeed's BF16_Optimizer at both world 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -43,3 +45,12 @@ def torchrun(world: int, *args) -> None:
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         pytest.fail(f"DeepSpeed (world size {world}, {args[:2]}) failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+
+
+def zero_to_fp32(run: Path) -> dict:
+    """DeepSpeed's own ``zero_to_fp32.py`` rebuild of a save directory's fp32 weights."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        found = get_fp32_state_dict_from_zero_checkpoint(str(run))
+    return {k: v.contiguous() for k, v in found.items()}  # ZeRO-3 gives lazy gathered tensors

@@ -49,7 +49,8 @@ class Net(nn.Module):
 
 
 def config(case: str) -> dict:
-    kind, dtype = case.split("-") if "-" in case else ("z1", "bf16")
+    """``case``: ``z<stage>-<dtype>`` or ``bf16opt``; ``-universal`` at the end loads universal checkpoints."""
+    kind, dtype = case.split("-")[:2] if "-" in case else ("z1", "bf16")
     cfg = {
         "train_micro_batch_size_per_gpu": 2,
         "gradient_accumulation_steps": 1,
@@ -62,6 +63,8 @@ def config(case: str) -> dict:
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 8}
     if case == "bf16opt":
         cfg["data_types"] = {"grad_accum_dtype": "fp32"}
+    if case.endswith("-universal"):
+        cfg["checkpoint"] = {"load_universal": True}
     return cfg
 
 
@@ -129,8 +132,45 @@ def resume(out: Path, load_dir: Path, case: str) -> None:
     torch.distributed.barrier()
 
 
+def llama(hf_dir: Path, load_dir: Path, out: Path, stage: str) -> None:
+    """An HF Llama (transformers) trained from ``hf_dir`` by engine A, and resumed from
+    ``load_dir`` (ckpt-core's DeepSpeed conversion of it, with a fresh optimizer state) by
+    engine B built from other weights: both with AdamW(lr=1e-2, weight_decay=0.1), two steps
+    on data every rank shares. B then saves its own checkpoint to ``out/after``; rank 0
+    writes both runs' losses to ``out/losses.pt``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+           "zero_optimization": {"stage": int(stage)}, "steps_per_print": 1000}
+    losses = []
+    for source in ("hf", "deepspeed"):
+        torch.manual_seed(1)
+        model = LlamaForCausalLM.from_pretrained(hf_dir) if source == "hf" else LlamaForCausalLM(
+            LlamaConfig.from_pretrained(hf_dir))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
+        if source == "deepspeed":
+            engine.load_checkpoint(str(load_dir))
+        data = torch.Generator().manual_seed(7)
+        run = []
+        for _ in range(2):
+            tokens = torch.randint(0, model.config.vocab_size, (2, 9), generator=data)
+            loss = engine(input_ids=tokens, labels=tokens).loss
+            run.append(loss.item())
+            engine.backward(loss)
+            engine.step()
+        losses.append(run)
+    engine.save_checkpoint(str(out / "after"))
+    if torch.distributed.get_rank() == 0:
+        torch.save({"hf": losses[0], "deepspeed": losses[1]}, out / "losses.pt")
+    torch.distributed.barrier()
+
+
 def main() -> None:
     deepspeed.init_distributed(dist_backend="gloo")
+    if sys.argv[1] == "llama":  # llama HF_DIR LOAD_DIR OUT STAGE
+        llama(*map(Path, sys.argv[2:5]), sys.argv[5])
+        return
     if sys.argv[1] == "resume":  # resume OUT LOAD_DIR CASE [OUT LOAD_DIR CASE ...]
         args = sys.argv[2:]
         for i in range(0, len(args), 3):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from ckpt_core import torchfile
-from deepspeed_runs import torchrun
+from deepspeed_runs import torchrun, zero_to_fp32
 
 import ckpt_core
 from ckpt_core.compare import differences
@@ -23,10 +23,12 @@ RESUMES = {
     1: [("z2-fp32-ws2", {"world_size": 1}, "z2-fp32", 0, 0),
         ("z3-fp32-ws2", {"world_size": 1, "stage": 1}, "z1-fp32", 0, 1e-6),
         ("z3-bf16-ws2", {"world_size": 1, "stage": 2}, "z2-bf16", 1e-4, 1e-3),
-        ("z2-fp16-ws2", {"world_size": 1}, "z2-fp16", 0, 1e-3)],
+        ("z2-fp16-ws2", {"world_size": 1}, "z2-fp16", 0, 1e-3),
+        ("z3-bf16-ws2", {"world_size": 1}, "z3-bf16", 0, 0)],
     2: [("z1-fp32-ws1", {"world_size": 2, "stage": 2}, "z2-fp32", 0, 1e-6),
         ("z1-bf16-ws2", {}, "z1-bf16", 0, 0),
-        ("z0-fp32-ws2", {"stage": 2}, "z2-fp32", 0, 1e-6)],
+        ("z0-fp32-ws2", {"stage": 2}, "z2-fp32", 0, 1e-6),
+        ("z2-fp32-ws2", {"stage": 3}, "z3-fp32", 0, 0)],
 }
 
 
@@ -71,8 +73,23 @@ def test_written_checkpoint_reads_back_equal(ds_runs, resumed):
 
 def test_writing_without_adam_state_is_refused(ds_runs, tmp_path):
     ck = ckpt_core.load(ds_runs["z2-fp32-ws2"])
-    with pytest.raises(ckpt_core.UsageError, match="needs the optimizer state"):
+    with pytest.raises(ckpt_core.UsageError, match="needs the optimizer state.*--option optimizer=fresh"):
         ckpt_core.save(ck.evolve(train_state=ck.train_state.__class__(step=2)), tmp_path / "out", "deepspeed")
-    with pytest.raises(ckpt_core.UsageError, match="stage 1 or 2"):
-        ckpt_core.save(ck, tmp_path / "out", "deepspeed", {"stage": 3})
+    with pytest.raises(ckpt_core.UsageError, match="stages are 1, 2 and 3"):
+        ckpt_core.save(ck, tmp_path / "out", "deepspeed", {"stage": 4})
+    with pytest.raises(ckpt_core.UsageError, match="universal='yes': true or false"):
+        ckpt_core.save(ck, tmp_path / "out", "deepspeed", {"universal": "yes"})
+    with pytest.raises(ckpt_core.UsageError, match="has an optimizer state, which a fresh one would drop"):
+        ckpt_core.save(ck, tmp_path / "out", "deepspeed", {"optimizer": "fresh"})
     assert not (tmp_path / "out").exists()
+
+
+def test_written_zero3_reads_in_zero_to_fp32(ds_runs, resumed):
+    """DeepSpeed's own zero_to_fp32.py rebuilds from the ZeRO-3 files ckpt-core wrote the
+    weights the ZeRO-2 source holds, bit for bit."""
+    _, _, converted = resumed["z2-fp32-ws2", str({"stage": 3})]
+    source, reference = ckpt_core.load(ds_runs["z2-fp32-ws2"]), zero_to_fp32(converted)
+    assert sorted(reference) == sorted(source.names())
+    assert all(torch.equal(reference[n], torchfile.to_torch(source.tensor(n))) for n in reference)
+    assert [p.name for p in sorted((converted / "global_step2").iterdir())] == [
+        f"zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for r in (0, 1) for kind in ("model", "optim")]

@@ -4,29 +4,19 @@ this test session, from the same files)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import subprocess
 import sys
 
 import pytest
 import torch
 from ckpt_core import torchfile
-from deepspeed_runs import RUNS
+from deepspeed_runs import RUNS, zero_to_fp32
 
 import ckpt_core
 from ckpt_core.compare import differences
 
 CLI = [sys.executable, "-m", "ckpt_core"]
 ZERO_TO_FP32 = [r for r in RUNS if not r.startswith(("bf16opt", "z0"))]  # it refuses these: no ZeRO partitions
-
-
-def zero_to_fp32(run):
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        found = get_fp32_state_dict_from_zero_checkpoint(str(run))
-    return {k: v.contiguous() for k, v in found.items()}  # ZeRO-3 gives lazy gathered tensors
 
 
 def expected(run):
@@ -94,6 +84,7 @@ def test_parameters_are_file_ranges_or_concatenations(ds_runs):
     embed = ck.tensors["embed.weight"]
     assert [p.file_range.path.name for p in embed.parts] == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)]
     assert b"".join(embed.iter_chunks(4096)) == embed.tobytes()  # streamed part by part, in order
+    assert embed.file_ranges() == [p.file_range for p in embed.parts]  # what writers copy in the kernel
     assert all(r is not None and r.path.name.endswith("optim_states.pt") for n, r in ranges.items()
                if n in ("proj.weight", "proj.bias", "norm.weight", "norm.bias"))
     assert ranges["frozen.weight"].path.name == "mp_rank_00_model_states.pt"
