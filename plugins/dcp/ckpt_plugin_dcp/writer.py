@@ -72,6 +72,28 @@ def _rows(t: Tensor, world: int) -> list[tuple[int, int]]:
     return [(min(r * step, t.shape[0]), min((r + 1) * step, t.shape[0])) for r in range(world)]
 
 
+def _row_parts(t: Tensor) -> bool:
+    """Whether ``t`` is a concatenation of whole-row pieces (a tensor FSDP2 split, joined)."""
+    return bool(t.parts) and all(p.shape[1:] == t.shape[1:] for p in t.parts)
+
+
+def _slice_rows(t: Tensor, start: int, stop: int) -> Tensor:
+    """Rows ``start:stop`` of ``t``, lazily: of a file range, a file range; of a
+    concatenation of row pieces, the concatenation of their slices (file ranges when they
+    are: a rank's rows of an FSDP2 source are copied in the kernel, never read)."""
+    if not _row_parts(t):
+        return t.slice(0, start, stop)
+    pieces, at = [], 0
+    for part in t.parts:
+        low, high = max(start, at), min(stop, at + part.shape[0])
+        if low < high:
+            pieces.append(part.slice(0, low - at, high - at))
+        at += part.shape[0]
+    if not pieces:
+        return Tensor.from_bytes(b"", t.dtype, (0, *t.shape[1:]))
+    return pieces[0] if len(pieces) == 1 else Tensor.concat(pieces)
+
+
 class _RankFile:
     """One rank's ``__R_0.distcp``, its items appended one after another."""
 
@@ -122,13 +144,13 @@ def write(ck: Checkpoint, directory: Path, options: dict[str, Any]) -> None:
                 storage[MetadataIndex(key)] = _StorageInfo(*files[0].append(value))
                 entries[key] = BytesStorageMetadata()
                 continue
-            if value.file_range is None and world > 1:  # computed (a join of chunks): make it once, not once per rank
+            if value.file_range is None and not _row_parts(value) and world > 1:  # computed: make it once, not per rank
                 value = Tensor.from_numpy(value.raw(), value.dtype)
             chunks = []
             for rank, (start, stop) in enumerate(_rows(value, world)):
                 if value.shape and (stop == start or math.prod(value.shape[1:]) == 0) and rank:
                     continue  # a rank with no rows stores nothing (rank 0 keeps an empty tensor's one chunk)
-                part = value.slice(0, start, stop) if value.shape else value
+                part = _slice_rows(value, start, stop) if value.shape else value
                 offsets = torch.Size([start, *[0] * (len(value.shape) - 1)] if value.shape else [])
                 chunks.append(ChunkStorageMetadata(offsets=offsets, sizes=torch.Size(part.shape)))
                 storage[MetadataIndex(key, offsets, len(chunks) - 1)] = _StorageInfo(*files[rank].append(part))
