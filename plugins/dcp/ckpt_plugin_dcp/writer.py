@@ -16,10 +16,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import attrs
 from ckpt_core import Checkpoint, Tensor, UsageError, torchfile
 from ckpt_core.safetensors_io import copy_range
 from ckpt_core.tensor import FileRange
 
+from . import torchtitan
 from .metadata import NAME as METADATA
 from .reader import EXTRA_AT_PATHS, MODEL, OPTIM, OWN, TRAIN_FIELDS
 
@@ -29,6 +31,28 @@ def _world_size(options: dict[str, Any]) -> int:
     if type(n) is not int or n < 1:
         raise UsageError(f"--option world_size must be a positive integer, not {n!r}")
     return n
+
+
+def _named(ck: Checkpoint, options: dict[str, Any]) -> Checkpoint:
+    """``ck`` under the names asked for: ``names=torchtitan`` (the default for a source read
+    from torchtitan's names) maps a Llama back to torchtitan's, wq/wk permuted back."""
+    default = "torchtitan" if ck.layout.format == "dcp" and ck.layout.facts.get(torchtitan.FACT) else "hf"
+    names = options.get("names", default)
+    if names not in ("hf", "torchtitan"):
+        raise UsageError(f"--option names must be hf (the names as they are) or torchtitan, not {names!r}")
+    if names == "hf":
+        return ck
+    if ck.arch.family != "llama":
+        raise UsageError(f"--option names=torchtitan maps a llama model; this one is {ck.arch.family or 'of no known family'}")
+    counts = torchtitan.heads(ck.arch.params, "--option names=torchtitan")
+    ts = ck.train_state
+    opt = ts.optimizer if ts is not None else None
+    tensors, param_state, groups, ties = torchtitan.mapped(
+        ck.tensors, opt.param_state if opt else {}, opt.groups if opt else [], ck.ties, False, counts)
+    if opt is not None:
+        ts = attrs.evolve(ts, optimizer=attrs.evolve(opt, param_state=param_state, groups=groups))
+    trainable = None if ck.trainable is None else tuple(torchtitan.rename(n, False, counts)[0] for n in ck.trainable)
+    return ck.evolve(tensors=tensors, ties=ties, train_state=ts, trainable=trainable)
 
 
 def _values(ck: Checkpoint, prefixed: bool) -> list[tuple[tuple[Any, ...], Any]]:
@@ -130,6 +154,7 @@ def write(ck: Checkpoint, directory: Path, options: dict[str, Any]) -> None:
     from ckpt_core.torchfile import TORCH_DTYPES
 
     world = _world_size(options)
+    ck = _named(ck, options)
     prefixed = not (ck.layout.format == "dcp" and ck.layout.variant == "flat")
     directory.mkdir()
     files = [_RankFile(directory, r) for r in range(world)]
