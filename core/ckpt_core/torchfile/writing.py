@@ -204,6 +204,16 @@ def _pickle(obj: Any) -> tuple[bytes, list[_Storage]]:
     return buffer.getvalue(), pickler.storages
 
 
+def dumps(obj: Any) -> bytes:
+    """A bare pickle (torch's protocol) of plain data and stand-ins (``Instance``, ``call``,
+    ``torch_dtype``), no tensors: a file another program unpickles with its own classes,
+    as ``torch.distributed.checkpoint``'s ``.metadata``."""
+    data, storages = _pickle(obj)
+    if storages:
+        raise ValueError("dumps writes no tensors; save them with save()")
+    return data
+
+
 # -- the zip archive -------------------------------------------------------------------------
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # local file header (30 bytes)

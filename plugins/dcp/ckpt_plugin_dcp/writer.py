@@ -4,26 +4,28 @@ Every tensor of the model and of the optimizer state is split along dim 0 as FSD
 it (``torch.chunk``: rank ``r`` holds rows ``[r*c, (r+1)*c)`` with ``c = ceil(rows / N)``;
 a rank left no rows stores nothing); 0-d tensors (``step``) and every other value are
 stored once, by rank 0. Each item is a ``torch.save`` zip written by ckpt-core's own
-writer (a chunk of a file-range tensor is copied in the kernel) and appended to its rank's
-``__R_0.distcp``. ``.metadata`` is written last, a pickle of torch's own metadata classes
-(torch is imported here, only when writing this format).
+writer and appended to its rank's ``__R_0.distcp``; a rank's rows of a file-range tensor,
+or of a tensor FSDP2 split (a concatenation of file ranges), are file ranges, copied in
+the kernel. ``.metadata`` is written last: the pickle ``pickle.dump`` makes of DCP's own
+metadata classes, written with stand-ins naming them (``torchfile.dumps``), so torch is
+never imported.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 from typing import Any
 
 import attrs
-from ckpt_core import Checkpoint, Tensor, UsageError, torchfile
-from ckpt_core.safetensors_io import copy_range
+from ckpt_core import Checkpoint, Tensor, UsageError, safetensors_io, torchfile
 from ckpt_core.tensor import FileRange
 
 from . import torchtitan
 from .metadata import NAME as METADATA
 from .reader import EXTRA_AT_PATHS, MODEL, OPTIM, OWN, TRAIN_FIELDS
+
+_META = "torch.distributed.checkpoint.metadata"
 
 
 def _world_size(options: dict[str, Any]) -> int:
@@ -133,26 +135,32 @@ class _RankFile:
         self.scratch.mkdir(exist_ok=True)
         torchfile.save(value, item)
         length = item.stat().st_size
-        copy_range(FileRange(item, 0, length), self.out)
+        safetensors_io.copy_range(FileRange(item, 0, length), self.out)
         item.unlink()
         self.scratch.rmdir()
         offset, self.position = self.position, self.position + length
         return self.name, offset, length
 
 
+def _size(dims) -> Any:
+    return torchfile.call("torch", "Size", tuple(dims))
+
+
+def _dc(name: str, **fields) -> torchfile.Instance:
+    """An instance of DCP's dataclass ``name`` as pickle writes it (its fields as state)."""
+    return torchfile.Instance("torch.distributed.checkpoint.filesystem" if name == "_StorageInfo" else _META, name, fields)
+
+
+def _properties(dtype: str) -> torchfile.Instance:
+    """``TensorProperties(dtype)`` as torch pickles it: the tuple its ``__getstate__`` gives
+    (dtype, layout, requires_grad, memory format, pin_memory)."""
+    return torchfile.Instance(_META, "TensorProperties", (
+        torchfile.torch_dtype(dtype), torchfile.call("torch.serialization", "_get_layout", "torch.strided"), False,
+        torchfile.call(_META, "_MEM_FORMAT_ENCODING", 0), False))
+
+
 def write(ck: Checkpoint, directory: Path, options: dict[str, Any]) -> None:
     """Write ``ck`` as a DCP checkpoint directory for ``world_size`` ranks."""
-    try:
-        import torch
-    except ImportError:
-        raise UsageError("writing DCP pickles torch's own metadata classes: install torch "
-                         "(pip install 'ckpt-plugin-dcp[torch]'). Nothing was written.") from None
-    from torch.distributed.checkpoint.filesystem import _StorageInfo
-    from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
-                                                       MetadataIndex, TensorProperties, TensorStorageMetadata)
-
-    from ckpt_core.torchfile import TORCH_DTYPES
-
     world = _world_size(options)
     ck = _named(ck, options)
     prefixed = not (ck.layout.format == "dcp" and ck.layout.variant == "flat")
@@ -166,8 +174,9 @@ def write(ck: Checkpoint, directory: Path, options: dict[str, Any]) -> None:
                 raise UsageError(f"two values flatten to the DCP key {key!r}; rename one. Nothing was written.")
             planner[key] = path
             if not isinstance(value, Tensor):
-                storage[MetadataIndex(key)] = _StorageInfo(*files[0].append(value))
-                entries[key] = BytesStorageMetadata()
+                name, offset, length = files[0].append(value)
+                storage[_dc("MetadataIndex", fqn=key, offset=None, index=None)] = _stored(name, offset, length)
+                entries[key] = _dc("BytesStorageMetadata")
                 continue
             if value.file_range is None and not _row_parts(value) and world > 1:  # computed: make it once, not per rank
                 value = Tensor.from_numpy(value.raw(), value.dtype)
@@ -176,15 +185,21 @@ def write(ck: Checkpoint, directory: Path, options: dict[str, Any]) -> None:
                 if value.shape and (stop == start or math.prod(value.shape[1:]) == 0) and rank:
                     continue  # a rank with no rows stores nothing (rank 0 keeps an empty tensor's one chunk)
                 part = _slice_rows(value, start, stop) if value.shape else value
-                offsets = torch.Size([start, *[0] * (len(value.shape) - 1)] if value.shape else [])
-                chunks.append(ChunkStorageMetadata(offsets=offsets, sizes=torch.Size(part.shape)))
-                storage[MetadataIndex(key, offsets, len(chunks) - 1)] = _StorageInfo(*files[rank].append(part))
+                offsets = [start, *[0] * (len(value.shape) - 1)] if value.shape else []
+                chunks.append(_dc("ChunkStorageMetadata", offsets=_size(offsets), sizes=_size(part.shape)))
+                index = _dc("MetadataIndex", fqn=key, offset=_size(offsets), index=len(chunks) - 1)
+                storage[index] = _stored(*files[rank].append(part))
                 if not value.shape:
                     break
-            dtype = getattr(torch, TORCH_DTYPES[value.dtype])
-            entries[key] = TensorStorageMetadata(TensorProperties(dtype=dtype), torch.Size(value.shape), chunks)
+            entries[key] = _dc("TensorStorageMetadata", properties=_properties(value.dtype), size=_size(value.shape),
+                               chunks=chunks)
     finally:
         for f in files:
             f.out.close()
-    with open(directory / METADATA, "wb") as f:
-        pickle.dump(Metadata(state_dict_metadata=entries, planner_data=planner, storage_data=storage), f)
+    metadata = _dc("Metadata", state_dict_metadata=entries, planner_data=planner, storage_data=storage,
+                   storage_meta=None, version=None)
+    safetensors_io.write_bytes(directory / METADATA, torchfile.dumps(metadata))
+
+
+def _stored(name: str, offset: int, length: int) -> torchfile.Instance:
+    return _dc("_StorageInfo", relative_path=name, offset=offset, length=length, transform_descriptors=None)

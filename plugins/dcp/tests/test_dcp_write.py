@@ -85,3 +85,14 @@ def test_bad_world_size_is_a_usage_error(dcp_run, tmp_path):
     with pytest.raises(ckpt_core.UsageError, match="world_size"):
         ckpt_core.convert(dcp_run / "single", tmp_path / "out", "dcp", {"world_size": 0})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writing_imports_no_torch(dcp_run, tmp_path):
+    """.metadata is pickled with stand-ins naming DCP's classes: torch is never imported
+    (the other tests here load what it wrote with torch itself)."""
+    code = ("import sys, ckpt_core\n"
+            f"ckpt_core.convert({str(dcp_run / 'fsdp2')!r}, {str(tmp_path / 'out')!r}, 'dcp', {{'world_size': 2}})\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / ".metadata").is_file()
