@@ -19,7 +19,6 @@ from typing import Any
 
 import attrs
 from ckpt_core import Checkpoint, Tensor, UsageError, safetensors_io, torchfile
-from ckpt_core.tensor import FileRange
 
 from . import torchtitan
 from .metadata import NAME as METADATA
@@ -125,21 +124,13 @@ class _RankFile:
 
     def __init__(self, directory: Path, rank: int):
         self.name = f"__{rank}_0.distcp"
-        self.scratch = directory / f".item-{rank}"
         self.out = open(directory / self.name, "wb", buffering=0)
-        self.position = 0
 
     def append(self, value: Any) -> tuple[str, int, int]:
         """Write ``value`` as a ``torch.save`` zip item; return (file, offset, length)."""
-        item = self.scratch / "archive"  # torch.save's records go under archive/, as in a buffer
-        self.scratch.mkdir(exist_ok=True)
-        torchfile.save(value, item)
-        length = item.stat().st_size
-        safetensors_io.copy_range(FileRange(item, 0, length), self.out)
-        item.unlink()
-        self.scratch.rmdir()
-        offset, self.position = self.position, self.position + length
-        return self.name, offset, length
+        start = self.out.tell()
+        torchfile.save(value, Path("archive"), into=self.out)  # records under archive/, as torch.save to a buffer
+        return self.name, start, self.out.tell() - start
 
 
 def _size(dims) -> Any:
