@@ -21,6 +21,7 @@ warm page cache:
 
 and checks that the outputs agree bit for bit (ckpt-core's safetensors against the model
 ``dcp_to_torch_save`` wrote; each DCP directory, read by ckpt-core, against the source).
+ckpt-core and ``cp`` cases run ``--repeat`` times (medians), the torch ones once.
 Targets (issue 14): peak RSS <= the largest tensor + 300 MB (>= 10x below
 dcp_to_torch_save), wall <= 1.5 x cp+sync. By hand only: it writes about 3x ``--size``.
 """
@@ -91,6 +92,15 @@ def save_job(out: Path, size: int) -> None:
     dist.destroy_process_group()
 
 
+def repeat(times: int, output: Path, case) -> dict[str, float]:
+    """``case()`` run ``times`` times, ``output`` removed before each (kept after the last)."""
+    samples = []
+    for _ in range(times):
+        remove(output)
+        samples.append(case())
+    return summarize(samples)
+
+
 def has_workers(cli: str) -> bool:
     """Whether this ckpt-core's convert takes ``--workers``."""
     done = subprocess.run([cli, "convert", "--help"], capture_output=True, text=True, check=False)
@@ -114,6 +124,7 @@ def main() -> None:
     parser.add_argument("--size", default="2GB", help="bytes of fp32 weights + both AdamW moments (default 2GB)")
     parser.add_argument("--workers", type=int, nargs="*", default=[],
                         help="ckpt-core --workers values to time (when ckpt-core has the option)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each ckpt-core and cp case (median; default 3)")
     parser.add_argument("--dir", type=Path, help="where to put the files (not a tmpfs; default /work or .)")
     parser.add_argument("--keep", action="store_true", help="keep the files")
     parser.add_argument("--json", action="store_true")
@@ -142,12 +153,11 @@ def main() -> None:
         results = {}
         for n in workers:
             flag = [] if n is None else ["--workers", str(n)]
-            remove(ours)
-            results[f"ckpt-core{'' if n is None else f' -w{n}'}"] = summarize([run(
+            results[f"ckpt-core{'' if n is None else f' -w{n}'}"] = repeat(args.repeat, ours, lambda: run(
                 [cli, "--quiet", "convert", str(src), str(ours), "--to", "safetensors", "--allow-loss", "train_state",
-                 *flag], env)])
+                 *flag], env))
         results["dcp_to_torch_save"] = summarize([run([sys.executable, "-c", TO_TORCH_SAVE, str(src), str(theirs)], env)])
-        results["cp+sync"] = summarize([run(["sh", "-c", f"cp {ours} {copy} && sync"], env)])
+        results["cp+sync"] = repeat(args.repeat, copy, lambda: run(["sh", "-c", f"cp {ours} {copy} && sync"], env))
         identical = same_model(ours, theirs)
         for p in (theirs, copy):
             remove(p)
@@ -167,11 +177,13 @@ def main() -> None:
         flag = ["--workers", str(workers[-1])] if workers[-1] else []
         back = {"torch_save_to_dcp": summarize([run([sys.executable, "-c", TO_DCP, str(pt), str(into["torch_save_to_dcp"])],
                                                     env)]),
-                "ckpt-core .bin": summarize([run([cli, "--quiet", "convert", str(hf_bin), str(into["ckpt-core .bin"]),
-                                                  "--to", "dcp", "--allow-loss", "extra", *flag], env)]),
-                "ckpt-core st w2": summarize([run([cli, "--quiet", "convert", str(hf_st), str(into["ckpt-core st w2"]),
-                                                   "--to", "dcp", "--option", "world_size=2", "--allow-loss", "extra", *flag], env)]),
-                "cp+sync": summarize([run(["sh", "-c", f"cp {pt} {copy} && sync"], env)])}
+                "ckpt-core .bin": repeat(args.repeat, into["ckpt-core .bin"], lambda: run(
+                    [cli, "--quiet", "convert", str(hf_bin), str(into["ckpt-core .bin"]), "--to", "dcp",
+                     "--allow-loss", "extra", *flag], env)),
+                "ckpt-core st w2": repeat(args.repeat, into["ckpt-core st w2"], lambda: run(
+                    [cli, "--quiet", "convert", str(hf_st), str(into["ckpt-core st w2"]), "--to", "dcp",
+                     "--option", "world_size=2", "--allow-loss", "extra", *flag], env)),
+                "cp+sync": repeat(args.repeat, copy, lambda: run(["sh", "-c", f"cp {pt} {copy} && sync"], env))}
         back_identical = all(ckpt_core.diff(hf_st / "model.safetensors", d).identical for d in into.values())
         report = {"size": human(size), "source_bytes": tree_size(src), "largest_tensor": largest,
                   "safetensors_bytes": tree_size(hf_st / "model.safetensors"), "identical": identical, "to_safetensors": results,
@@ -182,9 +194,9 @@ def main() -> None:
         print(f"FSDP2 DCP, 2 ranks, {human(tree_size(src))} (weights + AdamW), model {human(report['safetensors_bytes'])}, "
               f"largest tensor {human(largest)}; safetensors = dcp_to_torch_save's model: {identical}")
         for title, rows in (("DCP -> safetensors", results), ("HF (.pt / safetensors) -> DCP", back)):
-            print(f"{title:32} {'wall s':>8} {'cpu s':>8} {'peak RSS':>10} {'x cp+sync':>10} {'RSS - largest':>14}")
+            print(f"{title:32} {'wall s':>8} {'best s':>8} {'cpu s':>8} {'peak RSS':>10} {'x cp+sync':>10} {'RSS - largest':>14}")
             for name, r in rows.items():
-                print(f"  {name:30} {r['wall']:8.2f} {r['cpu']:8.2f} {human(r['rss']):>10} "
+                print(f"  {name:30} {r['wall']:8.2f} {r['wall_min']:8.2f} {r['cpu']:8.2f} {human(r['rss']):>10} "
                       f"{r['wall'] / rows['cp+sync']['wall']:10.2f} {human(max(0, r['rss'] - largest)):>14}")
         print(f"every DCP directory written reads back as the safetensors model: {back_identical}")
     finally:
