@@ -83,31 +83,27 @@ def _permute(t: Tensor, count: int, undo: bool, name: str) -> Tensor:
     return t.reshape(*shape).transpose(0, 2, 1, 3).reshape(rows, cols)
 
 
-def rename(name: str, to_hf: bool, counts: dict[str, int]) -> tuple[str, Any]:
-    """The other side's name of ``name`` and how to carry a tensor of it there (a function
-    of the tensor); the name itself and identity when the table does not list it."""
-    found = _match(name, TO_HF if to_hf else FROM_HF)
-    if found is None:
-        return name, lambda t: t
-    target, head = found
-    if head is None:
-        return target, lambda t: t
-    return target, lambda t: _permute(t, counts[head], undo=not to_hf, name=name) if isinstance(t, Tensor) and t.shape \
-        else t
+def rename(name: str, to_hf: bool) -> tuple[str, str | None]:
+    """The other side's name of ``name`` and the head count whose permutation its rows take
+    (None: none); a name the table does not list stays as it is."""
+    return _match(name, TO_HF if to_hf else FROM_HF) or (name, None)
 
 
 def mapped(tensors: dict[str, Tensor], param_state: dict[str, dict[str, Any]], groups: list[dict[str, Any]],
            ties: dict[str, str], to_hf: bool, counts: dict[str, int]):
     """Tensors, the optimizer's per-parameter state, its groups (``params``: names) and ties,
     renamed to the other side, wq/wk and their moments permuted."""
-    def name(n: str) -> str:
-        return rename(n, to_hf, counts)[0]
+    def carried(name: str, value: Any) -> Any:
+        head = rename(name, to_hf)[1]
+        if head and isinstance(value, Tensor) and value.shape:
+            return _permute(value, counts[head], undo=not to_hf, name=name)
+        return value
 
-    def carried(n: str, value: Any) -> Any:
-        return rename(n, to_hf, counts)[1](value)
+    def new(name: str) -> str:
+        return rename(name, to_hf)[0]
 
-    tensors = {name(n): carried(n, t) for n, t in tensors.items()}
-    param_state = {name(n): {slot: carried(n, v) for slot, v in slots.items()} for n, slots in param_state.items()}
-    groups = [{k: [name(p) if isinstance(p, str) else p for p in v] if k == "params" and isinstance(v, list) else v
+    tensors = {new(n): carried(n, t) for n, t in tensors.items()}
+    param_state = {new(n): {slot: carried(n, v) for slot, v in slots.items()} for n, slots in param_state.items()}
+    groups = [{k: [new(p) if isinstance(p, str) else p for p in v] if k == "params" and isinstance(v, list) else v
                for k, v in g.items()} for g in groups]
-    return tensors, param_state, groups, {name(a): name(b) for a, b in ties.items()}
+    return tensors, param_state, groups, {new(a): new(b) for a, b in ties.items()}

@@ -52,7 +52,7 @@ def _named(ck: Checkpoint, options: dict[str, Any]) -> Checkpoint:
         ck.tensors, opt.param_state if opt else {}, opt.groups if opt else [], ck.ties, False, counts)
     if opt is not None:
         ts = attrs.evolve(ts, optimizer=attrs.evolve(opt, param_state=param_state, groups=groups))
-    trainable = None if ck.trainable is None else tuple(torchtitan.rename(n, False, counts)[0] for n in ck.trainable)
+    trainable = None if ck.trainable is None else tuple(torchtitan.rename(n, False)[0] for n in ck.trainable)
     return ck.evolve(tensors=tensors, ties=ties, train_state=ts, trainable=trainable)
 
 
