@@ -112,3 +112,22 @@ def test_hf_to_dcp_round_trips_through_dcp_load_bit_exact(dcp_run, tmp_path, wor
     state = {"model": {k: torch.empty_like(v) for k, v in expected.items()}}
     dcp.load(state, checkpoint_id=tmp_path / "dcp", no_dist=True)
     assert all(torch.equal(state["model"][k].view(torch.uint8), v.view(torch.uint8)) for k, v in expected.items())
+
+
+def test_rank_rows_of_an_fsdp2_tensor_stay_file_ranges(dcp_run):
+    """Written for the source's world size, each rank's rows of a tensor FSDP2 split are a
+    file range of the source (copied in the kernel); for another (4), file ranges joined
+    where a rank's rows straddle two source chunks: never the whole tensor made in memory."""
+    import numpy as np
+
+    from ckpt_plugin_dcp.writer import _rows, _slice_rows
+
+    ck = ckpt_core.load(dcp_run / "fsdp2")
+    split = [t for t in ck.tensors.values() if t.parts]
+    assert split
+    for t in split:
+        for world in (2, 4):
+            pieces = [_slice_rows(t, a, b) for a, b in _rows(t, world) if b > a]
+            ranges = [p.file_range is not None or (p.parts and all(q.file_range for q in p.parts)) for p in pieces]
+            assert all(ranges) and (world == 4 or all(p.file_range for p in pieces)), (t, world)
+            assert np.array_equal(np.concatenate([p.raw() for p in pieces]), t.raw())
