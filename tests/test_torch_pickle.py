@@ -223,3 +223,23 @@ def test_tensor_with_python_attributes_reads_as_the_tensor(tmp_path):
     assert found.records == ()
     got = torchfile.lazy(tmp_path / "f.pt", found)["flat"][0]
     assert torch.equal(torchfile.to_torch(got), t) and got.file_range is not None
+
+
+def test_an_archive_inside_a_larger_file_reads_at_its_span(tmp_path):
+    """A torch.save zip at a byte range of another file (as each item of a DCP .distcp
+    file): the same objects, tensors as ranges of the larger file; a span cut short is
+    CorruptInput naming the file and the span."""
+    import io
+
+    saved = {"w": torch.randn(4, 3), "n": 7}
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    item = buffer.getvalue()
+    whole = tmp_path / "pack.bin"
+    whole.write_bytes(b"x" * 100 + item + b"y" * 50)
+    scan = torchfile.scan(whole, (100, len(item)))
+    lazy = torchfile.lazy(whole, scan)
+    assert lazy["n"] == 7 and lazy["w"].file_range.path == whole and lazy["w"].file_range.offset > 100
+    assert lazy["w"].tobytes() == from_torch(saved["w"]).tobytes()
+    with pytest.raises(CorruptInput, match=r"pack\.bin \(the zip at byte 100"):
+        torchfile.scan(whole, (100, len(item) - 30))

@@ -8,7 +8,8 @@ One public face for readers and plugins (``from ckpt_core import torchfile``):
   pickle's structure (``Scan``, ``TensorStub``, ``Record``) before loading it.
 - ``load_pickle``, ``from_torch``, ``to_torch``, ``tree_from_torch``: the torch-backed side.
 - ``save(obj, path)``: ``torch.save``'s zip format written without torch, tensor by tensor;
-  ``Instance``, ``call`` and ``torch_dtype`` name classes in it without importing them.
+  ``Instance``, ``call`` and ``torch_dtype`` name classes in it without importing them
+  (``dumps``: a bare pickle of such, no tensors).
 - ``is_zip``, ``members``, ``data_offset``, ``stored_records``, ``check_archive``: the zip
   archive, every local header checked against the central directory.
 
@@ -23,7 +24,7 @@ from .names import LEGACY_STORAGES, TORCH_DTYPES, dtype_name
 from .reading import from_torch, import_torch, load, load_pickle, to_torch, tree_from_torch
 from .scanner import (MAX_TENSORS, Record, Scan, TensorStub, is_plain, lazy, named_globals, python3_name, scan, scan_bytes,
                       stub_tensor)
-from .writing import Instance, call, save, torch_dtype
+from .writing import Instance, call, dumps, save, torch_dtype
 
 __all__ = [
     "MAX_PICKLE_BYTES", "VERIFY_OPTION", "check_archive", "data_offset", "is_zip", "members", "pickle_member",
@@ -31,5 +32,5 @@ __all__ = [
     "LEGACY_STORAGES", "TORCH_DTYPES", "dtype_name",
     "from_torch", "import_torch", "load", "load_pickle", "to_torch", "tree_from_torch",
     "MAX_TENSORS", "Record", "Scan", "TensorStub", "is_plain", "lazy", "named_globals", "python3_name", "scan", "scan_bytes",
-    "stub_tensor", "Instance", "call", "save", "torch_dtype",
+    "stub_tensor", "Instance", "call", "dumps", "save", "torch_dtype",
 ]

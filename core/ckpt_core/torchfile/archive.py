@@ -10,10 +10,16 @@ descriptor right after it), which costs a header read, never a data read. (A dam
 header that still describes a valid layout is found only by the CRC-32: ``check_archive``.)
 ``data.pkl`` must declare at most ``MAX_PICKLE_BYTES`` and is inflated in small pieces,
 never past what it declares.
+
+An archive may also be a byte range of a larger file (``span``: offset and length), as each
+item of a ``torch.distributed.checkpoint`` ``.distcp`` file is a whole ``torch.save`` zip:
+it is read as if it were a file of its own, and the data starts it gives are the file's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import struct
 import zipfile
 from pathlib import Path
@@ -37,6 +43,48 @@ class Member(NamedTuple):
 
     info: zipfile.ZipInfo
     start: int
+
+
+Span = tuple[int, int]  # (offset, length): where an archive lies inside a larger file
+
+
+class _Window(io.RawIOBase):
+    """``length`` bytes of an open file from ``offset``, as a file of their own."""
+
+    def __init__(self, f, offset: int, length: int, name: str):
+        self.f, self.offset, self.length, self.pos, self.name = f, offset, length, 0, name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = max(0, {0: pos, 1: self.pos + pos, 2: self.length + pos}[whence])
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        self.f.seek(self.offset + self.pos)
+        data = self.f.read(max(0, min(len(buffer), self.length - self.pos)))
+        buffer[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def where(path: Path | str, span: Span | None = None) -> str:
+    """How errors name an archive: its file, and its range when it is part of one."""
+    return str(path) if span is None else f"{path} (the zip at byte {span[0]}, {span[1]} bytes)"
+
+
+@contextlib.contextmanager
+def _open(path: Path | str, span: Span | None):
+    """The archive at ``path`` (or its ``span``) open for reading, as a file of its own."""
+    with files.open_regular(path) as f:
+        yield f if span is None else _Window(f, *span, where(path, span))
 
 
 def is_zip(path: Path | str) -> bool:
@@ -119,23 +167,25 @@ def _disagreement(f, info, flags, method, stated, name, extra, start, end) -> st
     return ""
 
 
-def members(path: Path | str) -> dict[str, Member]:
-    """Every record of the torch zip file at ``path`` by name, each local header checked.
-    CorruptInput for a damaged archive, a ``data.pkl`` declaring more than
-    ``MAX_PICKLE_BYTES`` and a compressed storage record (torch never writes one)."""
+def members(path: Path | str, span: Span | None = None) -> dict[str, Member]:
+    """Every record of the torch zip file at ``path`` (or at its ``span``) by name, each
+    local header checked; data starts are offsets in the file. CorruptInput for a damaged
+    archive, a ``data.pkl`` declaring more than ``MAX_PICKLE_BYTES`` and a compressed
+    storage record (torch never writes one)."""
+    base, name = (span or (0, 0))[0], where(path, span)
     try:
-        with files.open_regular(path) as f, zipfile.ZipFile(f) as archive:
+        with _open(path, span) as f, zipfile.ZipFile(f) as archive:
             infos = sorted(archive.infolist(), key=lambda i: i.header_offset)
             ends = [i.header_offset for i in infos[1:]] + [archive.start_dir]
-            found = {info.filename: Member(info, data_offset(f, info, end)) for info, end in zip(infos, ends)}
+            found = {info.filename: Member(info, base + data_offset(f, info, end)) for info, end in zip(infos, ends)}
     except ZIP_ERRORS as e:
-        raise CorruptInput(f"{path}: not a readable torch zip archive ({e})") from None
-    for name, (info, _) in found.items():
-        if name.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES:
-            raise CorruptInput(f"{path}: {name} declares {info.file_size} bytes, too large to be a checkpoint's structure "
-                               f"(at most {MAX_PICKLE_BYTES})")
-        if "/data/" in name and info.compress_type != zipfile.ZIP_STORED:
-            raise CorruptInput(f"{path}: storage record {name} is compressed; torch never writes that")
+        raise CorruptInput(f"{name}: not a readable torch zip archive ({e})") from None
+    for record, (info, _) in found.items():
+        if record.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES:
+            raise CorruptInput(f"{name}: {record} declares {info.file_size} bytes, too large to be a checkpoint's "
+                               f"structure (at most {MAX_PICKLE_BYTES})")
+        if "/data/" in record and info.compress_type != zipfile.ZIP_STORED:
+            raise CorruptInput(f"{name}: storage record {record} is compressed; torch never writes that")
     return found
 
 
@@ -153,19 +203,19 @@ def pickle_member(names: list[str], path: Path | str) -> str:
     return found[0]
 
 
-def read_pickle(path: Path | str, records: dict[str, Member]) -> tuple[str, bytes]:
-    """The name and bytes of the archive's ``data.pkl`` (``records``: ``members(path)``),
+def read_pickle(path: Path | str, records: dict[str, Member], span: Span | None = None) -> tuple[str, bytes]:
+    """The name and bytes of the archive's ``data.pkl`` (``records``: ``members(path, span)``),
     inflated a piece at a time and never past the size it declares."""
-    name = pickle_member(list(records), path)
+    name = pickle_member(list(records), where(path, span))
     info = records[name].info
     pieces, total = [], 0
     try:
-        with files.open_regular(path) as raw, zipfile.ZipFile(raw) as archive, archive.open(info) as f:
+        with _open(path, span) as raw, zipfile.ZipFile(raw) as archive, archive.open(info) as f:
             while piece := f.read(_READ_CHUNK):
                 total += len(piece)
                 pieces.append(piece)
     except ZIP_ERRORS as e:
-        raise CorruptInput(f"{path}: not a readable torch zip pickle ({e})") from None
+        raise CorruptInput(f"{where(path, span)}: not a readable torch zip pickle ({e})") from None
     if total != info.file_size:
-        raise CorruptInput(f"{path}: {name} holds {total} bytes, its record says {info.file_size}")
+        raise CorruptInput(f"{where(path, span)}: {name} holds {total} bytes, its record says {info.file_size}")
     return name, b"".join(pieces)

@@ -31,7 +31,7 @@ from .. import dtypes, files
 from ..errors import CorruptInput
 from ..tensor import Tensor
 from . import structure
-from .archive import MAX_PICKLE_BYTES, ZIP_ERRORS, Member, is_zip, members, read_pickle
+from .archive import MAX_PICKLE_BYTES, ZIP_ERRORS, Member, Span, is_zip, members, read_pickle, where
 from .names import LEGACY_STORAGES, TORCH_DTYPES
 
 if TYPE_CHECKING:
@@ -236,12 +236,13 @@ class Scan:
     members: dict[str, Member]
 
 
-def scan(path: Path) -> Scan:
-    """Unpickle ``path``'s ``data.pkl`` inertly. CorruptInput if it is not a readable torch
-    zip, or what it unpickles to is out of bounds (``structure``, ``MAX_TENSORS``)."""
-    records = members(path)
-    member, data = read_pickle(path, records)
-    obj, names = scan_bytes(data, f"{path}: data.pkl")
+def scan(path: Path, span: Span | None = None) -> Scan:
+    """Unpickle ``path``'s ``data.pkl`` (of the zip at its ``span``, if given) inertly.
+    CorruptInput if it is not a readable torch zip, or what it unpickles to is out of
+    bounds (``structure``, ``MAX_TENSORS``)."""
+    records = members(path, span)
+    member, data = read_pickle(path, records, span)
+    obj, names = scan_bytes(data, f"{where(path, span)}: data.pkl")
     return Scan(obj, names, member.rsplit("/", 1)[0], records)
 
 

@@ -31,6 +31,7 @@ Tensors that are the same object share one storage (a tie, as nanoGPT's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
@@ -203,6 +204,16 @@ def _pickle(obj: Any) -> tuple[bytes, list[_Storage]]:
     return buffer.getvalue(), pickler.storages
 
 
+def dumps(obj: Any) -> bytes:
+    """A bare pickle (torch's protocol) of plain data and stand-ins (``Instance``, ``call``,
+    ``torch_dtype``), no tensors: a file another program unpickles with its own classes,
+    as ``torch.distributed.checkpoint``'s ``.metadata``."""
+    data, storages = _pickle(obj)
+    if storages:
+        raise ValueError("dumps writes no tensors; save them with save()")
+    return data
+
+
 # -- the zip archive -------------------------------------------------------------------------
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # local file header (30 bytes)
@@ -303,10 +314,13 @@ def _stored_crcs(path: Path) -> dict[tuple[int, int], int]:
 # -- save ------------------------------------------------------------------------------------
 
 
-def save(obj: Any, path: Path) -> None:
+def save(obj: Any, path: Path, into=None) -> None:
     """Write ``obj`` (plain data, with ckpt-core Tensors anywhere inside) as a torch pickle
     at ``path``, replacing any file there. Tensors come back from ``torch.load`` as torch
     tensors, byte for byte. The caller makes the write atomic and durable (``atomic.py``).
+    ``into``: an open unbuffered file to append the archive to instead, at its position
+    (``path`` then only names the archive's folder), as the items of a DCP ``.distcp``
+    file follow one another.
 
     Each record's CRC-32 is computed on a worker thread while the next record is written,
     and patched into its data descriptor at the end; a file range that is a whole stored
@@ -326,7 +340,9 @@ def save(obj: Any, path: Path) -> None:
     from concurrent.futures import Future, ThreadPoolExecutor  # here: importing it costs start-up
 
     known_crcs: dict[Path, dict[tuple[int, int], int]] = {}  # each source archive's, read once
-    with open(path, "wb", buffering=0) as out, ThreadPoolExecutor(max_workers=1) as pool:
+    with (contextlib.nullcontext(into) if into is not None else open(path, "wb", buffering=0)) as out, \
+            ThreadPoolExecutor(max_workers=1) as pool:
+        base = out.tell()
         last_computed: Future | None = None
 
         def begin(name: bytes, size: int) -> _Record:
@@ -380,6 +396,6 @@ def save(obj: Any, path: Path) -> None:
         for record in records:
             if isinstance(record.crc, Future):
                 record.crc = record.crc.result()
-                os.pwrite(out.fileno(), record.descriptor(record.crc), record.data_offset + record.size)
+                os.pwrite(out.fileno(), record.descriptor(record.crc), base + record.data_offset + record.size)
         central = b"".join(record.central_entry(record.crc) for record in records)
         write_all(out, central + _end_records(records, position, position + len(central)))

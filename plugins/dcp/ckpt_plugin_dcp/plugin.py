@@ -17,7 +17,9 @@ SPEC = FormatSpec(
     patterns=(".metadata", "__*_*.distcp", "shard-*-model-*-of-*.safetensors", "sharded/"),
     options={"params": "hyper-parameters the tensors cannot show, merged over the recognised ones, as "
                        "{'n_head': 32, 'n_kv_head': 8} (DCP keeps no config; --to hf needs the heads)",
-             "world_size": "writing: the ranks to shard dim 0 across, as FSDP2 does (default 1)"},
+             "world_size": "writing: the ranks to shard dim 0 across, as FSDP2 does (default 1)",
+             "names": "writing: torchtitan for torchtitan's Llama names (wq/wk permuted back; needs the head counts), "
+                      "hf for the names as they are (default: torchtitan when read from torchtitan's names)"},
 )
 
 

@@ -14,6 +14,11 @@ Where each flat key came from is the metadata's ``planner_data`` path (the neste
   ..., the optimizer's kind), one value.
 - anything else (torchtitan's ``train_state``, ``dataloader``, ``lr_scheduler``, a model's
   non-tensor values): kept in the train state's ``extra`` at its path.
+
+torchtitan's own Llama names (``tok_embeddings``, ``layers.N.attention.wq`` ...) become
+transformers' when the head counts are known (``--option params``, or ckpt-core's own value),
+``wq``/``wk`` and their moments permuted as torchtitan's ``convert_to_hf`` does
+(``torchtitan.py``); the layout records it, so writing DCP again restores them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from ckpt_core import (Arch, Checkpoint, CorruptInput, FamilySchema, Layout, Opt
                        UsageError)
 from ckpt_core.graph import recognised_arch
 
-from . import hfshards, metadata
+from . import hfshards, metadata, torchtitan
 from .items import Items
 
 NAME = "dcp"
@@ -58,7 +63,7 @@ def read(directory: Path, families: Mapping[str, FamilySchema], with_tensors: bo
     own: dict[str, Any] = {}
     for e in entries:
         path = e.path
-        if e.dtype is not None and ((prefixed and path[0] == MODEL and len(path) > 1) or (not prefixed and len(path) == 1)):
+        if _is_model(e, prefixed):
             if with_tensors:
                 tensors[".".join(map(str, path[1:] if prefixed else path))] = items.tensor(e)
             continue
@@ -75,12 +80,20 @@ def read(directory: Path, families: Mapping[str, FamilySchema], with_tensors: bo
             _put(extra, path, value, directory)
     if sorted(groups) != list(range(len(groups))):
         raise CorruptInput(f"{directory / metadata.NAME}: optimizer param groups {sorted(groups)} are not 0..{len(groups) - 1}")
+    group_list = [groups[i] for i in range(len(groups))]
+    ties = (own.get("ties") or {}) if with_tensors else {}
+    known = {**((own.get("arch") or {}).get("params") or {}), **(params or {})}
+    model_names = [".".join(map(str, e.path[1:] if prefixed else e.path)) for e in entries if _is_model(e, prefixed)]
+    names = "torchtitan" if torchtitan.is_torchtitan(model_names) and "n_head" in known else None
+    if names:
+        counts = torchtitan.heads(known, str(directory))
+        tensors, param_state, group_list, ties = torchtitan.mapped(tensors, param_state, group_list, ties, True, counts)
     optimizer = None
     stated = own.get("optimizer") or {}
     if param_state or groups or optim_extra or stated:
         kind = "adamw" if any("exp_avg_sq" in s for s in param_state.values()) else ""
         optimizer = OptimizerState(kind=stated.get("kind", kind), param_state=param_state,
-                                   groups=[groups[i] for i in range(len(groups))], resumable=stated.get("resumable", True),
+                                   groups=group_list, resumable=stated.get("resumable", True),
                                    extra={**optim_extra, **stated.get("extra", {})})
     fields = own.get("train_state") or {}
     extra_at_paths = sorted(extra)
@@ -89,9 +102,9 @@ def read(directory: Path, families: Mapping[str, FamilySchema], with_tensors: bo
     if optimizer or extra or own.get("train_state") is not None:
         train_state = TrainState(**fields, optimizer=optimizer, extra=extra)
     files = sorted({c.storage.relative_path for e in entries for c in e.chunks})
-    layout = Layout(NAME, "prefixed" if prefixed else "flat", {"files": files, EXTRA_AT_PATHS: extra_at_paths})
+    facts = {"files": files, EXTRA_AT_PATHS: extra_at_paths, **({torchtitan.FACT: names} if names else {})}
+    layout = Layout(NAME, "prefixed" if prefixed else "flat", facts)
     arch = _arch(tensors, own.get("arch"), params, families)
-    ties = (own.get("ties") or {}) if with_tensors else {}
     for alias, target in ties.items():
         if alias not in tensors or target not in tensors or \
                 (tensors[alias].dtype, tensors[alias].shape) != (tensors[target].dtype, tensors[target].shape):
@@ -99,6 +112,12 @@ def read(directory: Path, families: Mapping[str, FamilySchema], with_tensors: bo
         del tensors[alias]
     return Checkpoint(arch=arch, tensors=tensors, ties=dict(ties), kv_sharing=dict(own.get("kv_sharing") or {}),
                       trainable=own.get("trainable"), train_state=train_state, layout=layout)
+
+
+def _is_model(e: metadata.Entry, prefixed: bool) -> bool:
+    """Whether an entry is a model tensor (under ``model``, or at the top of a flat save)."""
+    return e.dtype is not None and ((prefixed and e.path[0] == MODEL and len(e.path) > 1) or
+                                    (not prefixed and len(e.path) == 1))
 
 
 def _arch(tensors: dict[str, Tensor], stated: dict[str, Any] | None, params: dict[str, Any] | None,

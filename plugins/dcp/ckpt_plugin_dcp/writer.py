@@ -4,24 +4,27 @@ Every tensor of the model and of the optimizer state is split along dim 0 as FSD
 it (``torch.chunk``: rank ``r`` holds rows ``[r*c, (r+1)*c)`` with ``c = ceil(rows / N)``;
 a rank left no rows stores nothing); 0-d tensors (``step``) and every other value are
 stored once, by rank 0. Each item is a ``torch.save`` zip written by ckpt-core's own
-writer (a chunk of a file-range tensor is copied in the kernel) and appended to its rank's
-``__R_0.distcp``. ``.metadata`` is written last, a pickle of torch's own metadata classes
-(torch is imported here, only when writing this format).
+writer and appended to its rank's ``__R_0.distcp``; a rank's rows of a file-range tensor,
+or of a tensor FSDP2 split (a concatenation of file ranges), are file ranges, copied in
+the kernel. ``.metadata`` is written last: the pickle ``pickle.dump`` makes of DCP's own
+metadata classes, written with stand-ins naming them (``torchfile.dumps``), so torch is
+never imported.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 from typing import Any
 
-from ckpt_core import Checkpoint, Tensor, UsageError, torchfile
-from ckpt_core.safetensors_io import copy_range
-from ckpt_core.tensor import FileRange
+import attrs
+from ckpt_core import Checkpoint, Tensor, UsageError, safetensors_io, torchfile
 
+from . import torchtitan
 from .metadata import NAME as METADATA
 from .reader import EXTRA_AT_PATHS, MODEL, OPTIM, OWN, TRAIN_FIELDS
+
+_META = "torch.distributed.checkpoint.metadata"
 
 
 def _world_size(options: dict[str, Any]) -> int:
@@ -29,6 +32,28 @@ def _world_size(options: dict[str, Any]) -> int:
     if type(n) is not int or n < 1:
         raise UsageError(f"--option world_size must be a positive integer, not {n!r}")
     return n
+
+
+def _named(ck: Checkpoint, options: dict[str, Any]) -> Checkpoint:
+    """``ck`` under the names asked for: ``names=torchtitan`` (the default for a source read
+    from torchtitan's names) maps a Llama back to torchtitan's, wq/wk permuted back."""
+    default = "torchtitan" if ck.layout.format == "dcp" and ck.layout.facts.get(torchtitan.FACT) else "hf"
+    names = options.get("names", default)
+    if names not in ("hf", "torchtitan"):
+        raise UsageError(f"--option names must be hf (the names as they are) or torchtitan, not {names!r}")
+    if names == "hf":
+        return ck
+    if ck.arch.family != "llama":
+        raise UsageError(f"--option names=torchtitan maps a llama model; this one is {ck.arch.family or 'of no known family'}")
+    counts = torchtitan.heads(ck.arch.params, "--option names=torchtitan")
+    ts = ck.train_state
+    opt = ts.optimizer if ts is not None else None
+    tensors, param_state, groups, ties = torchtitan.mapped(
+        ck.tensors, opt.param_state if opt else {}, opt.groups if opt else [], ck.ties, False, counts)
+    if opt is not None:
+        ts = attrs.evolve(ts, optimizer=attrs.evolve(opt, param_state=param_state, groups=groups))
+    trainable = None if ck.trainable is None else tuple(torchtitan.rename(n, False)[0] for n in ck.trainable)
+    return ck.evolve(tensors=tensors, ties=ties, train_state=ts, trainable=trainable)
 
 
 def _values(ck: Checkpoint, prefixed: bool) -> list[tuple[tuple[Any, ...], Any]]:
@@ -72,42 +97,63 @@ def _rows(t: Tensor, world: int) -> list[tuple[int, int]]:
     return [(min(r * step, t.shape[0]), min((r + 1) * step, t.shape[0])) for r in range(world)]
 
 
+def _row_parts(t: Tensor) -> bool:
+    """Whether ``t`` is a concatenation of whole-row pieces (a tensor FSDP2 split, joined)."""
+    return bool(t.parts) and all(p.shape[1:] == t.shape[1:] for p in t.parts)
+
+
+def _slice_rows(t: Tensor, start: int, stop: int) -> Tensor:
+    """Rows ``start:stop`` of ``t``, lazily: of a file range, a file range; of a
+    concatenation of row pieces, the concatenation of their slices (file ranges when they
+    are: a rank's rows of an FSDP2 source are copied in the kernel, never read)."""
+    if not _row_parts(t):
+        return t.slice(0, start, stop)
+    pieces, at = [], 0
+    for part in t.parts:
+        low, high = max(start, at), min(stop, at + part.shape[0])
+        if low < high:
+            pieces.append(part.slice(0, low - at, high - at))
+        at += part.shape[0]
+    if not pieces:
+        return Tensor.from_bytes(b"", t.dtype, (0, *t.shape[1:]))
+    return pieces[0] if len(pieces) == 1 else Tensor.concat(pieces)
+
+
 class _RankFile:
     """One rank's ``__R_0.distcp``, its items appended one after another."""
 
     def __init__(self, directory: Path, rank: int):
         self.name = f"__{rank}_0.distcp"
-        self.scratch = directory / f".item-{rank}"
         self.out = open(directory / self.name, "wb", buffering=0)
-        self.position = 0
 
     def append(self, value: Any) -> tuple[str, int, int]:
         """Write ``value`` as a ``torch.save`` zip item; return (file, offset, length)."""
-        item = self.scratch / "archive"  # torch.save's records go under archive/, as in a buffer
-        self.scratch.mkdir(exist_ok=True)
-        torchfile.save(value, item)
-        length = item.stat().st_size
-        copy_range(FileRange(item, 0, length), self.out)
-        item.unlink()
-        self.scratch.rmdir()
-        offset, self.position = self.position, self.position + length
-        return self.name, offset, length
+        start = self.out.tell()
+        torchfile.save(value, Path("archive"), into=self.out)  # records under archive/, as torch.save to a buffer
+        return self.name, start, self.out.tell() - start
+
+
+def _size(dims) -> Any:
+    return torchfile.call("torch", "Size", tuple(dims))
+
+
+def _dc(name: str, **fields) -> torchfile.Instance:
+    """An instance of DCP's dataclass ``name`` as pickle writes it (its fields as state)."""
+    return torchfile.Instance("torch.distributed.checkpoint.filesystem" if name == "_StorageInfo" else _META, name, fields)
+
+
+def _properties(dtype: str) -> torchfile.Instance:
+    """``TensorProperties(dtype)`` as torch pickles it: the tuple its ``__getstate__`` gives
+    (dtype, layout, requires_grad, memory format, pin_memory)."""
+    return torchfile.Instance(_META, "TensorProperties", (
+        torchfile.torch_dtype(dtype), torchfile.call("torch.serialization", "_get_layout", "torch.strided"), False,
+        torchfile.call(_META, "_MEM_FORMAT_ENCODING", 0), False))
 
 
 def write(ck: Checkpoint, directory: Path, options: dict[str, Any]) -> None:
     """Write ``ck`` as a DCP checkpoint directory for ``world_size`` ranks."""
-    try:
-        import torch
-    except ImportError:
-        raise UsageError("writing DCP pickles torch's own metadata classes: install torch "
-                         "(pip install 'ckpt-plugin-dcp[torch]'). Nothing was written.") from None
-    from torch.distributed.checkpoint.filesystem import _StorageInfo
-    from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
-                                                       MetadataIndex, TensorProperties, TensorStorageMetadata)
-
-    from ckpt_core.torchfile import TORCH_DTYPES
-
     world = _world_size(options)
+    ck = _named(ck, options)
     prefixed = not (ck.layout.format == "dcp" and ck.layout.variant == "flat")
     directory.mkdir()
     files = [_RankFile(directory, r) for r in range(world)]
@@ -119,25 +165,32 @@ def write(ck: Checkpoint, directory: Path, options: dict[str, Any]) -> None:
                 raise UsageError(f"two values flatten to the DCP key {key!r}; rename one. Nothing was written.")
             planner[key] = path
             if not isinstance(value, Tensor):
-                storage[MetadataIndex(key)] = _StorageInfo(*files[0].append(value))
-                entries[key] = BytesStorageMetadata()
+                name, offset, length = files[0].append(value)
+                storage[_dc("MetadataIndex", fqn=key, offset=None, index=None)] = _stored(name, offset, length)
+                entries[key] = _dc("BytesStorageMetadata")
                 continue
-            if value.file_range is None and world > 1:  # computed (a join of chunks): make it once, not once per rank
+            if value.file_range is None and not _row_parts(value) and world > 1:  # computed: make it once, not per rank
                 value = Tensor.from_numpy(value.raw(), value.dtype)
             chunks = []
             for rank, (start, stop) in enumerate(_rows(value, world)):
                 if value.shape and (stop == start or math.prod(value.shape[1:]) == 0) and rank:
                     continue  # a rank with no rows stores nothing (rank 0 keeps an empty tensor's one chunk)
-                part = value.slice(0, start, stop) if value.shape else value
-                offsets = torch.Size([start, *[0] * (len(value.shape) - 1)] if value.shape else [])
-                chunks.append(ChunkStorageMetadata(offsets=offsets, sizes=torch.Size(part.shape)))
-                storage[MetadataIndex(key, offsets, len(chunks) - 1)] = _StorageInfo(*files[rank].append(part))
+                part = _slice_rows(value, start, stop) if value.shape else value
+                offsets = [start, *[0] * (len(value.shape) - 1)] if value.shape else []
+                chunks.append(_dc("ChunkStorageMetadata", offsets=_size(offsets), sizes=_size(part.shape)))
+                index = _dc("MetadataIndex", fqn=key, offset=_size(offsets), index=len(chunks) - 1)
+                storage[index] = _stored(*files[rank].append(part))
                 if not value.shape:
                     break
-            dtype = getattr(torch, TORCH_DTYPES[value.dtype])
-            entries[key] = TensorStorageMetadata(TensorProperties(dtype=dtype), torch.Size(value.shape), chunks)
+            entries[key] = _dc("TensorStorageMetadata", properties=_properties(value.dtype), size=_size(value.shape),
+                               chunks=chunks)
     finally:
         for f in files:
             f.out.close()
-    with open(directory / METADATA, "wb") as f:
-        pickle.dump(Metadata(state_dict_metadata=entries, planner_data=planner, storage_data=storage), f)
+    metadata = _dc("Metadata", state_dict_metadata=entries, planner_data=planner, storage_data=storage,
+                   storage_meta=None, version=None)
+    safetensors_io.write_bytes(directory / METADATA, torchfile.dumps(metadata))
+
+
+def _stored(name: str, offset: int, length: int) -> torchfile.Instance:
+    return _dc("_StorageInfo", relative_path=name, offset=offset, length=length, transform_descriptors=None)

@@ -152,7 +152,7 @@ BAD = [  # (maker, exit code, what the message says)
     (offset_past_the_end, 5, "reaches past the file's end"),
     (overlapping_chunks, 5, "overlap"),
     (missing_chunk, 5, "do not cover"),
-    (item_length_disagrees, 5, "not a torch.save zip"),
+    (item_length_disagrees, 5, "not a readable torch zip"),
     (tensor_size_disagrees, 5, "the metadata says"),
     (missing_file, 3, "missing"),
     (metadata_not_a_pickle, 5, "damaged pickle"),
