@@ -321,9 +321,9 @@ def write_file(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, st
     """
     from concurrent.futures import ThreadPoolExecutor  # (imports logging: only writers pay for it)
 
-    sums: dict[str, str] = {}
+    sums: dict[str, int] = {}
     pending = {}
-    with open(path, "xb", buffering=0) as out, ThreadPoolExecutor(max_workers=1) as pool:
+    with open(path, "xb", buffering=0) as out, ThreadPoolExecutor(max_workers=1) as checksummer:
         try:
             write_all(out, build_header(tensors, metadata))
             for name, t in tensors.items():
@@ -333,7 +333,7 @@ def write_file(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, st
                     # straddling ranks); the checksums of file ranges are read on the other
                     # core meanwhile, and while the file is fsync-ed (collected at the end).
                     if checksums:
-                        pending[name] = pool.submit(crc32_range, ranges[0])
+                        pending[name] = checksummer.submit(crc32_range, ranges[0])
                     for rng in ranges:
                         copy_range(rng, out)
                 else:
