@@ -243,10 +243,12 @@ def _snapshot(path: Path) -> dict[str, tuple]:
 
 
 def _read_everything(ck: Checkpoint) -> None:
-    """Read every byte of every tensor a checkpoint references (lazy errors surface)."""
+    """Read every byte of every tensor a checkpoint references (lazy errors surface); an
+    absent tensor (the base of adapters alone) has no bytes to read."""
     def walk(value):
         if isinstance(value, Tensor):
-            value.tobytes()
+            if not value.is_absent:
+                value.tobytes()
         elif isinstance(value, dict):
             for v in value.values():
                 walk(v)

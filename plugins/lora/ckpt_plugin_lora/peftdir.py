@@ -277,7 +277,7 @@ def write(ck: Checkpoint, path: Path, base: Any = None) -> None:
     absent = ck.absent_names()
     if absent:
         whole = [n for n in ck.tensors if n not in absent]
-        homeless = [n for n in [*whole, *ck.ties] if n not in ck.adapters or n in ck.ties]
+        homeless = [n for n in [*ck.tensors, *ck.ties] if n not in ck.adapters or n in ck.ties]
         if homeless:
             raise LossyConversion(f"a peft directory of adapters alone holds the adapters and the weights of adapted "
                                   f"modules only; {homeless[0]} would be lost. Nothing was written.")

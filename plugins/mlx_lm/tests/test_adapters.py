@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import save_hf
 
 import ckpt_core
 from ckpt_core import CorruptInput, LossyConversion, NotFound
@@ -78,7 +77,12 @@ def config_meaning(adapter: Path) -> dict:
 @pytest.fixture(scope="session")
 def base(tmp_path_factory) -> Path:
     """A tiny float32 HF Llama saved by transformers (mlx-lm loads HF directories)."""
-    return save_hf(tmp_path_factory.mktemp("base") / "llama", "llama", torch.float32)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    path = tmp_path_factory.mktemp("base") / "llama"
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")

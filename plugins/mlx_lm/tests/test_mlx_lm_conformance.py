@@ -111,3 +111,10 @@ class TestMlxLmConformance(FormatConformance):
 
     def make_example(self, tmp_path: Path) -> Path:
         return Path(shutil.copytree(self.models["q4g32"], tmp_path / "model"))
+
+    def checkpoint_strategy(self):
+        """Models: adapters go to an adapters directory, alone (test_adapters.py)."""
+        from ckpt_core.plugins import registry
+        from ckpt_core.testing import checkpoints_for
+
+        return checkpoints_for(registry().spec(self.format), adapters=False)

@@ -58,8 +58,9 @@ def read_weights(consolidated: Path) -> tuple[str, dict[str, Tensor], dict[str, 
         facts = json.loads((metadata or {}).get(ADAPTERS_KEY, "{}"))
     except ValueError:
         facts = None
-    if not isinstance(facts, dict) or not all(isinstance(facts.get(k, {}), dict) for k in ("bases", "adapters")):
-        raise CorruptInput(f"{weights}: metadata {ADAPTERS_KEY!r} is not a JSON object of bases and adapters")
+    if not isinstance(facts, dict) or not all(isinstance(facts.get(k, {}), dict) for k in ("bases", "adapters")) \
+            or not isinstance(facts.get("added", []), list):
+        raise CorruptInput(f"{weights}: metadata {ADAPTERS_KEY!r} is not a JSON object of bases, adapters and added keys")
     return weights.name, raw, config, earlier, facts
 
 
@@ -136,7 +137,7 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
     adapters = {name: _as_recorded(ad, recorded.get("adapters", {}).get(name)) for name, ad in adapters.items()}
     folder_step = layout.step_of(consolidated.parent) if found != "consolidated" else None
     ts = state.read(consolidated, folder_step, run_dir)
-    params = {k: v for k, v in config.items() if k != "lora"}
+    params = {k: v for k, v in config.items() if k != "lora" and k not in recorded.get("added", [])}
     shapes = {n: t.shape for n, t in tensors.items()} | {a: tensors[t].shape for a, t in ties.items()}
     run_ttt = _ttt_settings(ts)
     facts, problems = ttt.verify(shapes, config, run_ttt)

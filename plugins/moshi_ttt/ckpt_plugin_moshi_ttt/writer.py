@@ -58,6 +58,10 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
                       "consolidated" if ck.train_state is None else  # no state: no step to invent
                       own.variant if own is not None else "run")
     where = _choice(options, "layout", LAYOUTS, default_layout)
+    orphans = [n for n in ck.absent_names() if n not in ck.adapters]
+    if orphans:
+        raise LossyConversion(f"{orphans[0]} is absent (no bytes) and no adapter is on it: moshi's files have no place "
+                              "for its name. Nothing was written.")
     without_base = len(unattached_lora(ck)) + len(ck.absent_names())
     weights = _choice(options, "weights", ("full", "lora"), "lora" if without_base else "full")
     naming = _choice(options, "naming", ("current", "legacy"), "current")
@@ -73,13 +77,14 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
         state.check_holdable(ts)
         _check_state(ts, where)
     tensors, config = _full(ck) if weights == "full" else _lora(ck, _flag(options, "drop_frozen"))
+    added = [k for k in ("lora_rank", "lora_scaling") if k in config and k not in ck.arch.params]
     if naming == "legacy":
         if ck.adapters and weights == "full":
             raise UsageError("naming=legacy writes plain weights only: merge the adapters (--merge-adapters) or write weights=lora")
         tensors = keys.join_legacy(tensors)
     consolidated = _folders(path, where, ts)
     recorded = graph.layouts_to_json(ck, reader.NAME)  # the source's layouts, so converting back needs no options
-    metadata = {**({graph.LAYOUTS_KEY: recorded} if recorded else {}), **_adapter_facts(ck)}
+    metadata = {**({graph.LAYOUTS_KEY: recorded} if recorded else {}), **_adapter_facts(ck, added)}
     safetensors_io.write_file(consolidated / (layout.FULL if weights == "full" else layout.LORA), dict(sorted(tensors.items())),
                               metadata or None)
     safetensors_io.write_bytes(consolidated / layout.CONFIG, (json.dumps(config, indent=2) + "\n").encode())
@@ -99,14 +104,15 @@ def _with_base(ck: Checkpoint, base: Path) -> Checkpoint:
     return ck.evolve(tensors=tensors, ties=ties, adapters={**adapters, **ck.adapters})
 
 
-def _adapter_facts(ck: Checkpoint) -> dict[str, str]:
+def _adapter_facts(ck: Checkpoint, added: list[str]) -> dict[str, str]:
     """The metadata entry of what moshi's files cannot say: absent bases' dtypes where they
-    are not their adapter's, and alpha and scaling of adapters stated otherwise than as a
-    plain scale."""
+    are not their adapter's, alpha and scaling of adapters stated otherwise than as a plain
+    scale, and the config.json keys written for the adapters that were no hyper-parameters
+    of the checkpoint (``added``: adapters from another format)."""
     bases = {n: ck.tensors[n].dtype for n in ck.absent_names() if n in ck.adapters and ck.tensors[n].dtype != ck.adapters[n].a.dtype}
     stated = {n: {"alpha": ad.alpha, "scaling": ad.scaling} for n, ad in ck.adapters.items()
               if ad.scaling != "alpha" or type(ad.alpha) is not float}
-    facts = {k: v for k, v in (("bases", bases), ("adapters", stated)) if v}
+    facts = {k: v for k, v in (("bases", bases), ("adapters", stated), ("added", added)) if v}
     return {reader.ADAPTERS_KEY: json.dumps(facts, separators=(",", ":"))} if facts else {}
 
 

@@ -107,9 +107,31 @@ def test_a_merged_full_checkpoint_to_adapters_only_is_refused(full_run, tmp_path
         ckpt_core.convert(full_run, tmp_path / "out", "moshi", {"weights": "lora"})
 
 
+def test_adapters_only_without_base_are_adapters_on_absent_bases(lora_run, tmp_path):
+    """moshi's own lora.safetensors, read without its base: each LoRA pair an adapter on its
+    absent ``X.weight``, the TTT tensors as they are; through canonical and back, bit for bit."""
+    ck = ckpt_core.load(lora_run)
+    lora = load_file(lora_run / CONSOLIDATED / "lora.safetensors")
+    pairs = [k for k in lora if k.endswith("lora_A.weight")]
+    # a TTT layer's second name of an adapted weight is a tie to it, as with the base
+    assert len(ck.adapters) == len(pairs) and set(ck.absent_names()) | set(ck.ties) == set(ck.adapters)
+    base = ck.tensors["text_linear.weight"]
+    assert base.is_absent and (base.dtype, list(base.shape)) == (str(lora["text_linear.lora_A.weight"].dtype).replace(
+        "torch.bfloat16", "BF16"), [lora["text_linear.lora_B.weight"].shape[0], lora["text_linear.lora_A.weight"].shape[1]])
+    assert {a.scale for a in ck.adapters.values()} == {2.0}
+    ckpt_core.convert(lora_run, tmp_path / "canonical", "canonical")
+    ckpt_core.convert(tmp_path / "canonical", tmp_path / "back", "moshi")
+    back = load_file(tmp_path / "back" / CONSOLIDATED / "lora.safetensors")
+    assert sorted(back) == sorted(lora) and all(torch.equal(back[k], lora[k]) for k in lora)
+    config = json.loads((tmp_path / "back" / CONSOLIDATED / "config.json").read_text())
+    assert config == json.loads((lora_run / CONSOLIDATED / "config.json").read_text())
+
+
 def test_adapters_only_to_full_needs_the_base(lora_run, tmp_path, capsys):
-    assert cli("convert", lora_run, tmp_path / "out", "--to", "moshi", "--option", "weights=full") == 2
-    assert "base=PATH" in capsys.readouterr().err
+    assert cli("convert", lora_run, tmp_path / "out", "--to", "moshi", "--option", "weights=full") == 13
+    err = capsys.readouterr().err
+    assert "base=PATH" in err and err.count("\n") == 1
+    assert cli("convert", lora_run, tmp_path / "out", "--to", "safetensors") == 13 and not (tmp_path / "out").exists()
     # canonical keeps the adapters-only checkpoint; the base can be given when writing moshi
     ckpt_core.convert(lora_run, tmp_path / "canon", "canonical")
     with pytest.raises(UsageError, match="base=PATH"):
@@ -146,11 +168,12 @@ def test_canonical_round_trip_is_bit_exact(kind, lora_run, full_run, tmp_path):
     assert differences(ck, ckpt_core.load(tmp_path / "back")) == []
 
 
-@pytest.mark.parametrize("kind", ["lora", "full"])
-def test_mlx_round_trip_is_bit_exact(kind, lora_run, full_run, tmp_path):
+def test_mlx_round_trip_is_bit_exact(full_run, tmp_path):
+    """MLX step files hold full weights (the adapters-only run needs its base, and MLX keeps
+    no adapters: test_adapters_only_to_full_needs_the_base)."""
     if "mlx" not in registry().formats:
         pytest.skip("the mlx format is not installed")
-    ck = ckpt_core.load(lora_run if kind == "lora" else full_run)
+    ck = ckpt_core.load(full_run)
     ckpt_core.save(ck, tmp_path / "mlx-run", "mlx")
     ckpt_core.save(ckpt_core.load(tmp_path / "mlx-run", "mlx"), tmp_path / "again", "moshi")
     assert differences(ck, ckpt_core.load(tmp_path / "again")) == []

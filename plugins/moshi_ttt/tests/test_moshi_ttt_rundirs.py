@@ -68,7 +68,7 @@ def test_a_given_step_is_read_and_an_incomplete_or_missing_one_is_refused(lora_r
     assert (older.train_state.step, newer.train_state.step) == (200, 300)
     report = ckpt_core.diff(older, newer)
     changed = {r.name for r in report.tensors if r.status != "same"}
-    assert "transformer.layers.1.ttt.W1" in changed and "text_linear.lora_B.weight" in changed
+    assert "transformer.layers.1.ttt.W1" in changed and "text_linear.weight::lora_b" in changed
     with pytest.raises(CorruptInput, match="interrupted save"):
         ckpt_core.load(lora_run, options={"step": 400})
     with pytest.raises(NotFound, match="no checkpoint at step 999"):
