@@ -121,13 +121,13 @@ def test_inspect_reads_no_tensor_data(cli, tmp_path, monkeypatch):
     arrays = gpt_arrays()
     assert data["format"] == "safetensors" and data["family"] == "gpt"
     assert data["params"] == {"n_layer": 2, "vocab_size": V, "d_model": D, "block_size": BLOCK, "d_ff": FF}
-    assert data["counts"] == {"tensors": 16, "tied": 0, "adapters": 0, "adapter_parameters": 0,
+    assert data["counts"] == {"tensors": 16, "tied": 0, "adapters": 0, "absent": 0, "adapter_parameters": 0,
                               "parameters": sum(a.size for a in arrays.values()),
                               "bytes": sum(a.nbytes for a in arrays.values())}
     assert data["dtypes"] == {"F32": {"tensors": 16, "bytes": data["counts"]["bytes"]}}
     rows = {t["name"]: t for t in data["tensors"]}
     assert rows["transformer.wte.weight"] == {"name": "transformer.wte.weight", "dtype": "F32", "shape": [V, D], "bytes": V * D * 4,
-                                  "tied_to": None, "adapter": None}
+                                  "tied_to": None, "absent": False, "adapter": None}
     assert data["train_state"] is None
 
     code, out, _ = cli("inspect", path)

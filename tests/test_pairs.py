@@ -11,6 +11,8 @@ dtype, ties, KV sharing, adapters, train state, extra: what A's FormatSpec decla
   (``pairs_support.KEEPS_LAYOUTS``), with A's layout: the same format, variant and facts,
   with the same (no) options. Sources are written with ``SOURCE_LAYOUTS`` (an ``_orig_mod.``
   prefix, metadata of their own) so that a layout that did not travel shows.
+- adapters without their base (absent base tensors) and B stores full weights: writing B
+  refuses with BaseMissing, naming ``--option base=PATH``, leaving nothing behind.
 - something to lose: writing B refuses (LossyConversion naming each loss and its flag),
   leaving nothing at the destination; with the allowing flags (``allow_loss``,
   ``merge_adapters``, ``cast``) B holds exactly ``ck_a`` with those changes
@@ -52,7 +54,7 @@ from pairs_support import KEEPS_LAYOUTS, SOURCE_LAYOUTS, destination, not_a_sour
 import ckpt_core
 from ckpt_core import dtypes, losses, transforms
 from ckpt_core.compare import differences, tree_differences
-from ckpt_core.errors import CkptError, CorruptInput, LossyConversion, PluginError, UsageError
+from ckpt_core.errors import BaseMissing, CkptError, CorruptInput, LossyConversion, PluginError, UsageError
 from ckpt_core.model import Arch, Checkpoint, TrainState
 from ckpt_core.plugins import registry
 from ckpt_core.tensor import Tensor, same_bytes
@@ -136,6 +138,8 @@ def test_pair_converts_exactly_or_refuses(a, b, family, tmp_path, record_propert
 
 def _check_not_a_source(a: str, ck: Checkpoint, directory: Path) -> None:
     """A format that holds a family only by converting it refuses it as it is."""
+    if ck.absent_names():
+        reject()  # adapters alone: refused for their missing base first (checked in _check_pair)
     with pytest.raises(LossyConversion) as refused:
         ckpt_core.save(ck, directory / destination(a), a)
     assert any(way in str(refused.value) for way in NAMES_A_WAY), str(refused.value)
@@ -152,6 +156,11 @@ def _check_pair(a: str, b: str, ck: Checkpoint, directory: Path, refusals: set[s
     ck_a = ckpt_core.load(path_a, a)
 
     path_b = _fresh(directory / "b", b)
+    if ck_a.absent_names() and "adapters_alone" not in spec_b.capabilities:
+        with pytest.raises(BaseMissing, match="--option base=PATH"):
+            ckpt_core.save(ck_a, path_b, b)
+        _assert_nothing_written(path_b)
+        return
     lost = losses.find(ck_a, spec_b)
     flags: dict = {}
     expected = ck_a

@@ -10,8 +10,8 @@ Plugins implement the hooks in ``ckpt_core.hookspecs`` with ``@ckpt_core.hookimp
 """
 
 from .api import convert, detect, diff, latest, list_checkpoints, load, prune, retention, save, train_state
-from .errors import (CkptError, CkptWarning, CorruptInput, DestinationExists, DestinationIsSource, DiskFull, LossyConversion, NotFound,
-                     PluginError, UnknownFormat, UnsafeInput, UsageError)
+from .errors import (BaseMissing, CkptError, CkptWarning, CorruptInput, DestinationExists, DestinationIsSource, DiskFull,
+                     LossyConversion, NotFound, PluginError, UnknownFormat, UnsafeInput, UsageError)
 from .hookspecs import hookimpl
 from .model import Adapter, Arch, Checkpoint, Detection, FormatSpec, Layout, OptimizerState, RunEntry, TrainState
 from .schema import FamilySchema, TensorRule
@@ -19,7 +19,7 @@ from .tensor import Tensor
 
 __all__ = [
     "convert", "detect", "diff", "latest", "list_checkpoints", "load", "prune", "retention", "save", "train_state",
-    "CkptError", "CkptWarning", "CorruptInput", "DestinationExists", "DestinationIsSource", "DiskFull", "LossyConversion", "NotFound",
+    "BaseMissing", "CkptError", "CkptWarning", "CorruptInput", "DestinationExists", "DestinationIsSource", "DiskFull", "LossyConversion", "NotFound",
     "PluginError", "UnknownFormat", "UnsafeInput", "UsageError", "hookimpl",
     "Adapter", "Arch", "Checkpoint", "Detection", "FormatSpec", "Layout", "OptimizerState", "RunEntry",
     "TrainState", "FamilySchema", "TensorRule", "Tensor",

@@ -123,6 +123,7 @@ def save(ck: Checkpoint, path: Path | str, format: str, options: Mapping[str, An
     opts = check_options(spec, options)
     atomic.check_apart(path, None, tensor_files(ck))
     check_destination(path, overwrite)
+    losses.require_base(ck, spec, merge_adapters)
     if cast:
         ck = transforms.cast(ck, cast)
     if merge_adapters:

@@ -379,7 +379,9 @@ def cmd_inspect(args) -> None:
         ("path", facts["path"]),
         ("format", facts["format"]),
         ("family", facts["family"]),
-        ("tensors", f"{counts['tensors']} stored, {_count(counts['tied'], 'tied name')}, {_count(counts['adapters'], 'adapter')}"),
+        ("tensors", f"{counts['tensors'] - counts['absent']} stored, {_count(counts['tied'], 'tied name')}, "
+                    f"{_count(counts['adapters'], 'adapter')}"
+                    + (f", {counts['absent']} absent (adapters without their base)" if counts["absent"] else "")),
         ("parameters", f"{counts['parameters']:,}" + (f" (+ {counts['adapter_parameters']:,} in adapters)" if counts["adapters"] else "")),
         ("size", _size(counts["bytes"])),
         ("dtypes", ", ".join(f"{d} {_count(v['tensors'], 'tensor')} ({_size(v['bytes'])})" for d, v in facts["dtypes"].items()) or "none"),
@@ -422,7 +424,7 @@ def inspect_facts(ck: Checkpoint, ts: TrainState | None) -> dict[str, Any]:
     family = registry().families.get(ck.arch.family)
     if family is not None:
         params = {**family.derive_params({n: ck.tensor(n).shape for n in ck.names()}), **params}
-    stored = [*ck.tensors.values(), *(m for ad in ck.adapters.values() for m in (ad.a, ad.b))]
+    stored = [*(t for t in ck.tensors.values() if not t.is_absent), *(m for ad in ck.adapters.values() for m in (ad.a, ad.b))]
     histogram: dict[str, dict[str, int]] = {}
     for t in stored:
         entry = histogram.setdefault(t.dtype, {"tensors": 0, "bytes": 0})
@@ -435,6 +437,7 @@ def inspect_facts(ck: Checkpoint, ts: TrainState | None) -> dict[str, Any]:
             "tensors": len(ck.tensors),
             "tied": len(ck.ties),
             "adapters": len(ck.adapters),
+            "absent": len(ck.absent_names()),
             "parameters": sum(t.numel for t in ck.tensors.values()),
             "adapter_parameters": sum(ad.a.numel + ad.b.numel for ad in ck.adapters.values()),
             "bytes": ck.nbytes,
@@ -456,8 +459,9 @@ def _tensor_facts(ck: Checkpoint, name: str) -> dict[str, Any]:
         "name": name,
         "dtype": t.dtype,
         "shape": list(t.shape),
-        "bytes": 0 if name in ck.ties else t.nbytes,
+        "bytes": 0 if name in ck.ties or t.is_absent else t.nbytes,
         "tied_to": ck.ties.get(name),
+        "absent": t.is_absent,
         "adapter": None if ad is None else {"rank": ad.rank, "alpha": ad.alpha, "scale": ad.scale,
                                             "scaling": ad.scaling, "kind": ad.kind},
     }
@@ -470,7 +474,9 @@ def _tensor_row(t: dict[str, Any]) -> list[str]:
     if t["adapter"]:
         ad = t["adapter"]
         notes.append(f"lora rank {ad['rank']}, alpha {ad['alpha']:g}, scale {ad['scale']:g}")
-    size = "-" if t["tied_to"] else _size(t["bytes"])
+    if t["absent"]:
+        notes.append("absent (base not in this checkpoint)")
+    size = "-" if t["tied_to"] or t["absent"] else _size(t["bytes"])
     return [t["name"], t["dtype"], "[" + ", ".join(map(str, t["shape"])) + "]", size, "; ".join(notes)]
 
 

@@ -21,7 +21,8 @@ from .tensor import Tensor, same_bytes
 
 @attrs.frozen
 class TensorDiff:
-    """How one name compares: ``status`` is same, different, dtype, shape, only_a or only_b."""
+    """How one name compares: ``status`` is same, different, dtype, shape, absent (the
+    bytes are on one side only: an adapter's base weight), only_a or only_b."""
 
     name: str
     status: str
@@ -57,6 +58,11 @@ def compare_tensor(name: str, a: Tensor, b: Tensor, atol: float = 0.0, rtol: flo
     """Compare two tensors: bytes when no tolerance, float32 values within one otherwise."""
     if a.shape != b.shape:
         return TensorDiff(name, "shape", f"{list(a.shape)} vs {list(b.shape)}")
+    if a.is_absent or b.is_absent:
+        if a.is_absent and b.is_absent:
+            return TensorDiff(name, "same", "absent on both sides") if a.dtype == b.dtype else \
+                TensorDiff(name, "dtype", f"{a.dtype} vs {b.dtype}")
+        return TensorDiff(name, "absent", f"absent in {'a' if a.is_absent else 'b'} (adapters without their base)")
     exact = atol == 0 and rtol == 0
     if exact or not (dtypes.get(a.dtype).is_float and dtypes.get(b.dtype).is_float):
         if a.dtype != b.dtype:

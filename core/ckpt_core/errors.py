@@ -95,6 +95,15 @@ class DestinationIsSource(CkptError):
     kind = "destination-is-source"
 
 
+class BaseMissing(UsageError):
+    """The checkpoint holds adapters without their base weights (only the base's names,
+    dtypes and shapes), and the step asked for needs the weights themselves: merging, or
+    writing a format that stores full weights. The fix is to name the base model."""
+
+    exit_code = 13
+    kind = "base-missing"
+
+
 class CkptWarning(UserWarning):
     """Something a user should know that is not an error: raised with ``warnings.warn``.
 

@@ -102,6 +102,11 @@ def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dic
     the option that allows it. Stream: write tensor by tensor
     (``ckpt_core.safetensors_io.write_file`` copies file ranges kernel-side), never
     materialise the whole model.
+
+    Absent tensors (``Tensor.is_absent``: the base weights of adapters that came without
+    them, ``checkpoint.absent_names()``) reach you only if your FormatSpec declares the
+    ``adapters_alone`` capability: write the adapters, and the bases' names, dtypes and
+    shapes where your files can say them; never read an absent tensor's bytes.
     """
 
 

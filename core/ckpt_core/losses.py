@@ -10,7 +10,7 @@ from collections.abc import Collection
 
 import attrs
 
-from .errors import LossyConversion, UsageError
+from .errors import BaseMissing, LossyConversion, UsageError
 from .model import Checkpoint, FormatSpec
 
 # What can be allowed with ``--allow-loss``, and what it drops.
@@ -56,6 +56,19 @@ def find(ck: Checkpoint, spec: FormatSpec) -> list[Loss]:
     for dtype in bad:
         losses.append(Loss("dtype", f"{dtype} tensors, which {spec.name!r} cannot store", f"--cast {dtype}=<dtype>"))
     return losses
+
+
+def require_base(ck: Checkpoint, spec: FormatSpec, merging: bool) -> None:
+    """BaseMissing, before anything is written, when ``ck`` holds adapters without their
+    base weights and the step needs those weights: merging, or a format that stores full
+    weights (one without the ``adapters_alone`` capability)."""
+    absent = ck.absent_names()
+    if not absent or not (merging or "adapters_alone" not in spec.capabilities):
+        return
+    names = ", ".join(absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
+    need = "merging adapters" if merging else f"format {spec.name!r} (it stores full weights)"
+    raise BaseMissing(f"the checkpoint holds adapters without their base weights ({names}); {need} needs them: "
+                      f"give the base model with --option base=PATH. Nothing was written.")
 
 
 def _all_tensors(ck: Checkpoint):

@@ -177,8 +177,14 @@ class Checkpoint:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values()) + sum(
+        """The bytes of data it holds (absent base tensors hold none)."""
+        return sum(t.nbytes for t in self.tensors.values() if not t.is_absent) + sum(
             ad.a.nbytes + ad.b.nbytes for ad in self.adapters.values())
+
+    def absent_names(self) -> list[str]:
+        """The tensors known by dtype and shape only (``Tensor.absent``): the base weights
+        of adapters that came without them."""
+        return [name for name, t in self.tensors.items() if t.is_absent]
 
     def validate(self) -> None:
         """Raise CorruptInput if the graph's edges do not fit its tensors."""
@@ -220,7 +226,9 @@ class Detection:
 
 # Capabilities a FormatSpec can declare. The core refuses a conversion that would drop one
 # of these things into a format that does not declare it.
-CAPABILITIES = ("ties", "kv_sharing", "adapters", "train_state", "optimizer_state", "trainable", "extra")
+# ``adapters_alone``: it can write adapters whose base tensors are absent (adapter files).
+CAPABILITIES = ("ties", "kv_sharing", "adapters", "adapters_alone", "train_state", "optimizer_state", "trainable",
+                "extra")
 
 
 @attrs.frozen

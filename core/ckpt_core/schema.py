@@ -94,8 +94,11 @@ class FamilySchema:
                     break
         return params
 
-    def problems(self, shapes: Mapping[str, tuple[int, ...]], params: Mapping[str, Any]) -> list[str]:
-        """What keeps tensors of these shapes from being this family (empty: none)."""
+    def problems(self, shapes: Mapping[str, tuple[int, ...]], params: Mapping[str, Any],
+                 complete: bool = True) -> list[str]:
+        """What keeps tensors of these shapes from being this family (empty: none).
+        ``complete`` False: a part of a model (adapters without their base), so only the
+        names and shapes present are checked, not what is missing."""
         found: list[str] = []
         params = {**self.derive_params(shapes), **params}
         seen: dict[TensorRule, set] = {}
@@ -109,6 +112,8 @@ class FamilySchema:
             expected = expected_shape(rule.shape, params)
             if expected is not None and tuple(shape) != expected:
                 found.append(f"{name}: shape {list(shape)}, {self.name} expects {list(expected)}")
+        if not complete:
+            return found
         n_layer = params.get("n_layer", 0)
         if not isinstance(n_layer, int):
             found.append(f"hyper-parameter n_layer is {n_layer!r}, not a number of layers")
@@ -169,9 +174,10 @@ def recognise(schemas: Iterable[FamilySchema], shapes: Mapping[str, tuple[int, .
 
 
 def check(schema: FamilySchema, checkpoint) -> None:
-    """Raise CorruptInput when a checkpoint does not fit its family's schema."""
+    """Raise CorruptInput when a checkpoint does not fit its family's schema (adapters
+    without their base: the tensors it names must fit, the rest of the model is not there)."""
     shapes = {name: checkpoint.tensor(name).shape for name in checkpoint.names()}
-    found = schema.problems(shapes, checkpoint.arch.params)
+    found = schema.problems(shapes, checkpoint.arch.params, complete=not checkpoint.absent_names())
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise CorruptInput(f"not a valid {schema.name} checkpoint: {found[0]}{more}")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import attrs
 
 from . import dtypes
-from .errors import CorruptInput
+from .errors import BaseMissing, CorruptInput
 
 if TYPE_CHECKING:
     import numpy as np
@@ -68,6 +68,9 @@ class Tensor:
     # the tensors whose bytes, one after the other, are this one's (a concatenation along
     # the outermost axis: a ZeRO parameter that straddles two ranks' files), streamed in turn
     parts: tuple[Tensor, ...] = ()
+    # True: the bytes are not in this checkpoint at all (the base weight of adapters
+    # converted without their base); anything that reads them raises BaseMissing
+    is_absent: bool = False
 
     def __attrs_post_init__(self):
         if self.dtype not in dtypes.DTYPES:
@@ -109,6 +112,13 @@ class Tensor:
         mmap-ed torch storage). Any array or buffer of the right byte count will do."""
         return cls(dtype, shape, load=loader)
 
+    @classmethod
+    def absent(cls, dtype: str, shape: Sequence[int]) -> Tensor:
+        """A tensor known by dtype and shape only: the base weight an adapter file names
+        but does not hold. It converts wherever no bytes are needed (adapters alone);
+        reading it raises BaseMissing."""
+        return cls(dtype, shape, load=_base_missing, is_absent=True)
+
     # -- facts ---------------------------------------------------------------------
 
     @property
@@ -117,10 +127,12 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
+        """The bytes of its data (an absent tensor's too: what its base would take)."""
         return self.numel * dtypes.get(self.dtype).itemsize
 
     def __repr__(self) -> str:
         where = f" @ {self.file_range.path.name}+{self.file_range.offset}" if self.file_range else ""
+        where = " absent" if self.is_absent else where
         return f"Tensor({self.dtype}, {list(self.shape)}{where})"
 
     # -- materialising -------------------------------------------------------------
@@ -200,6 +212,8 @@ class Tensor:
     # -- exact layout changes (lazy) ----------------------------------------------------
 
     def _derive(self, shape: Sequence[int], op: Callable[[np.ndarray], np.ndarray], dtype: str | None = None) -> Tensor:
+        if self.is_absent:
+            return Tensor.absent(dtype or self.dtype, shape)
         return Tensor(dtype or self.dtype, shape, load=lambda: op(self.raw()))
 
     def transpose(self, *axes: int) -> Tensor:
@@ -222,7 +236,7 @@ class Tensor:
         if shape == self.shape:
             return self
         return Tensor(self.dtype, shape, load=lambda: self.raw().reshape(shape), file_range=self.file_range,
-                      parts=self.parts)
+                      parts=self.parts, is_absent=self.is_absent)
 
     def slice(self, axis: int, start: int, stop: int) -> Tensor:
         """Indices ``start:stop`` along ``axis``."""
@@ -250,7 +264,7 @@ class Tensor:
         """The same bytes read as another dtype of the same width (fp8 as U8, say)."""
         if dtypes.get(dtype).itemsize != dtypes.get(self.dtype).itemsize:
             raise ValueError(f"cannot reinterpret {self.dtype} as {dtype}: widths differ")
-        return Tensor(dtype, self.shape, load=self._load, file_range=self.file_range)
+        return Tensor(dtype, self.shape, load=self._load, file_range=self.file_range, is_absent=self.is_absent)
 
     @staticmethod
     def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
@@ -260,6 +274,8 @@ class Tensor:
             raise ValueError("stack needs tensors of one shape")
         axis = axis % (len(first.shape) + 1)
         shape = first.shape[:axis] + (len(tensors),) + first.shape[axis:]
+        if any(t.is_absent for t in tensors):
+            return Tensor.absent(first.dtype, shape)
         if math.prod(shape[:axis]) == 1:
             joined = _adjacent_range(tensors, first.dtype, shape)
             if joined is not None:
@@ -277,6 +293,8 @@ class Tensor:
         if any(r != rest[0] for r in rest):
             raise ValueError("concat needs tensors that agree off the joined axis")
         shape = first.shape[:axis] + (sum(t.shape[axis] for t in tensors),) + first.shape[axis + 1:]
+        if any(t.is_absent for t in tensors):
+            return Tensor.absent(first.dtype, shape)
         outermost = math.prod(shape[:axis]) == 1
         if outermost:
             joined = _adjacent_range(tensors, first.dtype, shape)
@@ -286,6 +304,11 @@ class Tensor:
 
         return Tensor(first.dtype, shape, load=lambda: np.concatenate([t.raw() for t in tensors], axis=axis),
                       parts=tuple(tensors) if outermost else ())
+
+
+def _base_missing():
+    raise BaseMissing("the base weights are not in this checkpoint (adapters alone); give the base model with "
+                      "--option base=PATH")
 
 
 def _adjacent_range(tensors: Sequence[Tensor], dtype: str, shape: tuple[int, ...]) -> Tensor | None:
@@ -325,6 +348,8 @@ def same_bytes(a: Tensor, b: Tensor) -> bool:
     """Whether two tensors have the same dtype, shape and bytes (bit for bit)."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
+    if a.is_absent or b.is_absent:
+        return a.is_absent and b.is_absent
     import numpy as np
 
     return a is b or np.array_equal(a.raw().reshape(-1).view(np.uint8), b.raw().reshape(-1).view(np.uint8))

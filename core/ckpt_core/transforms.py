@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from . import dtypes
-from .errors import UsageError
+from .errors import BaseMissing, UsageError
 from .model import Adapter, Checkpoint
 from .tensor import Tensor
 
@@ -48,6 +48,9 @@ def merge_adapters(ck: Checkpoint, tied_head: str = "untie") -> Checkpoint:
     """
     if tied_head not in TIED_HEAD:
         raise UsageError(f"tied_head must be one of {', '.join(TIED_HEAD)}, not {tied_head!r}")
+    if ck.absent_names():
+        raise BaseMissing(f"cannot merge adapters without their base weights ({ck.absent_names()[0]} is absent): "
+                          f"give the base model with --option base=PATH")
     tensors = dict(ck.tensors)
     if tied_head == "tie":
         for name, adapter in ck.adapters.items():
@@ -85,6 +88,8 @@ def cast(ck: Checkpoint, mapping: Mapping[str, str]) -> Checkpoint:
         target = mapping.get(t.dtype)
         if target is None or target == t.dtype:
             return t
+        if t.is_absent:
+            return Tensor.absent(target, t.shape)
         return Tensor.from_loader(target, t.shape, lambda: dtypes.from_float32(t.to_float32(), target))
 
     tensors = {n: convert(t) for n, t in ck.tensors.items()}

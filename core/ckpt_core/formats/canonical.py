@@ -2,7 +2,8 @@
 
     out/
       manifest.json               format version, arch, tensors (file, key, dtype, shape,
-                                  checksum), ties, kv_sharing, adapters, trainable,
+                                  checksum; or ``absent``: a base weight known by dtype
+                                  and shape only), ties, kv_sharing, adapters, trainable,
                                   train_state, layout, extra
       model.safetensors           the tensors and adapter matrices (or model-0000k-of-0000n)
       state.safetensors           tensors inside train state, arch, layout and extra
@@ -84,7 +85,7 @@ def from_canonical(checkpoint: Checkpoint, path: Path, format: str, options: dic
 def write(ck: Checkpoint, path: Path, max_shard_size: int | str = "5GB") -> None:
     """Write ``ck`` as a canonical directory at ``path`` (which must not exist)."""
     path.mkdir()
-    stored: dict[str, Tensor] = dict(ck.tensors)
+    stored: dict[str, Tensor] = {name: t for name, t in ck.tensors.items() if not t.is_absent}
     adapters = {}
     for base, ad in ck.adapters.items():
         keys = [base + suffix for suffix in ADAPTER_KEYS]
@@ -105,13 +106,15 @@ def write(ck: Checkpoint, path: Path, max_shard_size: int | str = "5GB") -> None
         sums.update(safetensors_io.write_file(path / STATE_FILE, state_tensors, checksums=True))
 
     def entry(key: str, t: Tensor, file: str) -> dict:
+        if t.is_absent:
+            return {"absent": True, "dtype": t.dtype, "shape": list(t.shape)}
         return {"file": file, "key": key, "dtype": t.dtype, "shape": list(t.shape), "checksum": sums[key]}
 
     manifest = {
         "format": MAGIC,
         "version": VERSION,
         "arch": {"family": ck.arch.family, "params": state_tree["arch_params"]},
-        "tensors": {k: entry(k, t, weight_map[k]) for k, t in stored.items()},
+        "tensors": {k: entry(k, t, weight_map.get(k, "")) for k, t in {**ck.tensors, **stored}.items()},
         "state_tensors": {k: entry(k, t, STATE_FILE) for k, t in state_tensors.items()},
         "ties": ck.ties,
         "kv_sharing": {str(k): v for k, v in ck.kv_sharing.items()},
@@ -209,6 +212,9 @@ def _open_entries(path: Path, entries: dict, verify: bool) -> dict[str, Tensor]:
     files: dict[str, dict[str, Tensor]] = {}
     out: dict[str, Tensor] = {}
     for name, e in entries.items():
+        if e.get("absent") is True:
+            out[name] = Tensor.absent(e["dtype"], e["shape"])
+            continue
         file = e["file"]
         if file not in files:
             files[file] = safetensors_io.open_file(safetensors_io.plain_file(path, file, manifest_path))[0]

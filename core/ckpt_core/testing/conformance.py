@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 
 from .. import api, dtypes
 from ..compare import differences, tree_differences
-from ..errors import CkptError, CorruptInput, DestinationExists, LossyConversion, NotFound
+from ..errors import BaseMissing, CkptError, CorruptInput, DestinationExists, LossyConversion, NotFound
 from ..model import CAPABILITIES, Adapter, Arch, Checkpoint, Detection, FormatSpec, OptimizerState, TrainState
 from ..plugins import registry
 from ..tensor import Tensor
@@ -211,6 +211,8 @@ class FormatConformance:
         cases = [("a missing parent directory", ck, out / "missing" / example.name, NotFound)]
         cases += [(f"a lossy save ({what})", bad, out / example.name, LossyConversion)
                   for what, bad in _unholdable(ck, spec).items()]
+        if "adapters_alone" not in spec.capabilities:
+            cases.append(("adapters without their base", _adapters_alone(), out / example.name, BaseMissing))
         if ck.tensors:
             cases.append(("a tensor that fails mid-write", _failing(ck), out / example.name, CkptError))
         for label, bad, dst, error in cases:
@@ -326,6 +328,12 @@ def _unholdable(ck: Checkpoint, spec: FormatSpec) -> dict[str, Checkpoint]:
     if "extra" not in caps:
         found["extra"] = ck.evolve(extra={"ckpt-core-testing": {"kept": True}})
     return found
+
+
+def _adapters_alone() -> Checkpoint:
+    """An adapter file's checkpoint: one adapter on an absent base weight."""
+    adapter = Adapter(Tensor.from_bytes(bytes(8), "F32", (1, 2)), Tensor.from_bytes(bytes(8), "F32", (2, 1)), 1.0)
+    return Checkpoint(tensors={LOSSY_NAME: Tensor.absent("F32", (2, 2))}, adapters={LOSSY_NAME: adapter})
 
 
 def _failing(ck: Checkpoint) -> Checkpoint:

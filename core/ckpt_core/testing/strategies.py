@@ -5,8 +5,9 @@ bit for bit (``ckpt_core.compare.differences``), never by value. Sizes stay smal
 is about layouts and edges, not data volume.
 
 The checkpoint features take ``None`` (sometimes, the default), ``True`` (always, where
-the family allows it) or ``False`` (never). ``checkpoints_for(spec)`` draws only what a
-format declares it can hold.
+the family allows it) or ``False`` (never). ``adapters_alone`` (adapters whose base
+tensors are absent, as an adapter file holds them) defaults to ``False``: reading such a
+base raises. ``checkpoints_for(spec)`` draws only what a format declares it can hold.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def checkpoints_for(spec: FormatSpec, family: str | FamilySchema | None = None, 
     kwargs = {"dtypes": spec.dtypes}
     for name, cap in (("adapters", "adapters"), ("ties", "ties"), ("train_state", "train_state"),
                       ("optimizer", "optimizer_state"), ("kv_sharing", "kv_sharing"),
-                      ("trainable", "trainable"), ("extra", "extra")):
+                      ("trainable", "trainable"), ("extra", "extra"), ("adapters_alone", "adapters_alone")):
         kwargs[name] = None if cap in caps else False
     kwargs.update(overrides)
     families = [family] if family is not None else spec_families(spec)
@@ -101,14 +102,15 @@ def checkpoints_for(spec: FormatSpec, family: str | FamilySchema | None = None, 
 def checkpoints(draw, family: str | FamilySchema | None = None, dtypes: Collection[str] | None = None,
                 adapters: bool | None = None, ties: bool | None = None, train_state: bool | None = None,
                 optimizer: bool | None = None, kv_sharing: bool | None = None, trainable: bool | None = None,
-                extra: bool | None = None) -> Checkpoint:
+                extra: bool | None = None, adapters_alone: bool | None = False) -> Checkpoint:
     """A valid canonical Checkpoint.
 
     ``family`` None or ``"generic"``: arbitrary unique dotted names and shapes. A family
     name (installed) or FamilySchema: small hyper-parameters drawn for the names its shape
     expressions use, every required tensor, and some optional ones. Each feature is
     None (sometimes), True (always, where possible) or False (never); ``optimizer`` is
-    the optimizer state inside the train state.
+    the optimizer state inside the train state. ``adapters_alone``: the checkpoint is an
+    adapter file's: its tensors are the adapters' bases, absent (no ties, no train state).
     """
     allowed = [d for d in dtype_table.DTYPES if d in (dtype_table.STANDARD_DTYPES if dtypes is None else dtypes)]
     floats = [d for d in allowed if dtype_table.get(d).is_float]
@@ -155,6 +157,9 @@ def checkpoints(draw, family: str | FamilySchema | None = None, dtypes: Collecti
         extra=draw(_maybe(extra, st.dictionaries(st.sampled_from(("some-format", "other-format")),
                                                  trees(tensors(st.sampled_from(allowed))), min_size=1, max_size=2), {})),
     )
+    if adapter_map and draw(_maybe(adapters_alone, st.just(True), False)):
+        absent = {name: Tensor.absent(stored[name].dtype, specs[name]) for name in stored if name in adapter_map}
+        ck = ck.evolve(tensors=absent, ties={}, train_state=None, trainable=None)
     ck.validate()
     return ck
 
