@@ -18,7 +18,7 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from dcp_job import model, next_losses, sharded
+from dcp_job import exit_now, model, next_losses, sharded
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_model_state_dict, set_state_dict
 
 
@@ -46,8 +46,10 @@ def main() -> None:
     if not distributed or dist.get_rank() == 0:
         print(json.dumps(losses))
     if distributed:
+        dist.barrier()
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    exit_now()
