@@ -103,7 +103,7 @@ def diff(a: Checkpoint, b: Checkpoint, atol: float = 0.0, rtol: float = 0.0) -> 
 def differences(a: Checkpoint, b: Checkpoint) -> list[str]:
     """Every way ``a`` and ``b`` differ as canonical checkpoints (empty: identical).
 
-    Tensors in order, bit for bit; arch, ties, KV sharing, adapters, trainable set, train
+    Tensors in order, bit for bit; arch (hyper-parameters in any order), ties, KV sharing, adapters, trainable set, train
     state and extra. ``layout`` is not compared: it says where a checkpoint was last read.
     """
     found: list[str] = []
@@ -112,9 +112,9 @@ def differences(a: Checkpoint, b: Checkpoint) -> list[str]:
     for name in a.tensors.keys() & b.tensors.keys():
         if not same_bytes(a.tensors[name], b.tensors[name]):
             found.append(f"tensor {name}: {a.tensors[name]!r} vs {b.tensors[name]!r} or bytes differ")
-    for label, x, y in (("arch", a.arch, b.arch), ("ties", a.ties, b.ties), ("kv_sharing", a.kv_sharing, b.kv_sharing),
+    for label, x, y in (("arch", _arch(a), _arch(b)), ("ties", a.ties, b.ties), ("kv_sharing", a.kv_sharing, b.kv_sharing),
                         ("trainable", a.trainable, b.trainable)):
-        found += tree_differences(x if label != "arch" else attrs.asdict(x, recurse=False), y if label != "arch" else attrs.asdict(y, recurse=False), label)
+        found += tree_differences(x, y, label)
     if a.adapters.keys() != b.adapters.keys():
         found.append(f"adapters on {sorted(a.adapters)} vs {sorted(b.adapters)}")
     for name in a.adapters.keys() & b.adapters.keys():
@@ -123,6 +123,12 @@ def differences(a: Checkpoint, b: Checkpoint) -> list[str]:
     found += tree_differences(*(ts.to_dict() if ts else None for ts in (a.train_state, b.train_state)), "train_state")
     found += tree_differences(a.extra, b.extra, "extra")
     return found
+
+
+def _arch(ck: Checkpoint) -> dict:
+    """The arch as compared: the family and its hyper-parameters in key order (their order is
+    no fact of the model: a format such as ``hf`` writes them in its config's order)."""
+    return {"family": ck.arch.family, "params": dict(sorted(ck.arch.params.items(), key=lambda item: str(item[0])))}
 
 
 def tree_differences(x: Any, y: Any, path: str) -> list[str]:

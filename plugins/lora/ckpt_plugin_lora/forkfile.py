@@ -29,7 +29,7 @@ from ckpt_core import (Adapter, Arch, Checkpoint, CkptWarning, CorruptInput, Lay
 from ckpt_core.gpt import adamw_param_order
 from ckpt_core import torchfile
 
-from . import hfgpt2, keys, optimizer, trees
+from . import keys, optimizer, trees
 
 NAME = "lora-nanogpt"
 EXT = "ckpt_core"
@@ -252,11 +252,10 @@ def _fork_name(name: str, lora_modules: dict[str, str]) -> str:
 
 def _warn_if_activation_differs(ck: Checkpoint) -> None:
     """Warn when ``ck`` comes from an HF GPT-2 (a peft base) whose activation is not the
-    fork's exact GELU: HF's default ``gelu_new`` is the tanh approximation, so the same
-    weights give slightly different outputs in the fork's model."""
-    hf = ck.layout.of(hfgpt2.LAYOUT)
-    config = hf.facts.get("config") if hf else None
-    activation = (config or {}).get("activation_function", "gelu")
+    fork's exact GELU (the ``hf`` reader keeps any other as the hyper-parameter
+    ``activation_function``: HF's default ``gelu_new`` is the tanh approximation), so the
+    same weights give slightly different outputs in the fork's model."""
+    activation = ck.arch.params.get("activation_function", "gelu")
     if activation != "gelu":
         warnings.warn(f"the HF GPT-2 base computes activation_function={activation!r}, the fork's model exact GELU: "
                       "the weights are copied exactly, but the fork's outputs differ slightly from transformers'",

@@ -46,15 +46,6 @@ PEFT = {
 }
 PEFT_EMBEDDING_PARTS = ("{m}.lora_embedding_A", "{m}.lora_embedding_B")
 
-# Hugging Face GPT2LMHeadModel: nanoGPT's names, the four Conv1D weights stored [in, out].
-HF_GPT2 = {
-    "transformer.h.{i}.attn.c_attn.weight": ("transformer.h.{i}.attn.c_attn.weight", "T"),
-    "transformer.h.{i}.attn.c_proj.weight": ("transformer.h.{i}.attn.c_proj.weight", "T"),
-    "transformer.h.{i}.mlp.c_fc.weight": ("transformer.h.{i}.mlp.c_fc.weight", "T"),
-    "transformer.h.{i}.mlp.c_proj.weight": ("transformer.h.{i}.mlp.c_proj.weight", "T"),
-}
-
-
 @functools.lru_cache(maxsize=None)
 def _regex(pattern: str) -> re.Pattern:
     text = re.escape(pattern).replace(re.escape("{m}"), r"(?P<m>.+?)").replace(re.escape("{i}"), r"(?P<i>\d+)")

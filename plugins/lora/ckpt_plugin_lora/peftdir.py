@@ -11,7 +11,7 @@ anything else ckpt-core reads whose names the adapters' module paths name. A pef
 directory holds adapters only, so a canonical checkpoint needs the base weights too.
 Reading takes them from ``--option base=PATH``, else ``base_model/`` inside the
 directory, else ``base_model_name_or_path`` when it is a local path. Writing puts the base
-in ``base_model/`` (HF GPT-2, or the ``hf`` format), unless ``base=PATH`` names where it
+in ``base_model/`` in the ``hf`` format (ckpt-plugin-hf), unless ``base=PATH`` names where it
 already is (then only the adapters are written and the config points there).
 
 peft saves the whole weight of a targeted embedding or head beside its adapters
@@ -34,7 +34,7 @@ import attrs
 from ckpt_core import Adapter, Arch, Checkpoint, CorruptInput, Layout, LossyConversion, NotFound, Tensor, UsageError
 from ckpt_core import graph, jsonfile, safetensors_io, torchfile
 
-from . import hfgpt2, keys
+from . import keys
 
 NAME = "peft"
 CONFIG = "adapter_config.json"
@@ -162,22 +162,16 @@ def read(path: Path, base: Any = None) -> Checkpoint:
 
 
 def read_base(path: Path) -> Checkpoint:
-    """The base model at ``path``: HF GPT-2 through this plugin's reader, anything else
-    (an ``hf`` directory, a canonical one, a safetensors file ...) through the core."""
-    if hfgpt2.is_hf_gpt2(path):
-        return hfgpt2.read(path)
+    """The base model at ``path``, through the core: an ``hf`` directory (GPT-2 or a
+    decoder), a canonical one, a safetensors file ..."""
     from ckpt_core import api
 
     return api.load(path)
 
 
 def write_base(ck: Checkpoint, path: Path) -> None:
-    """``ck`` (no adapters) as the base model directory ``path``: HF GPT-2 for the ``gpt``
-    family, the ``hf`` format for the others."""
-    if ck.arch.family == "gpt":
-        gpt2 = ck.layout.of(hfgpt2.LAYOUT)
-        hfgpt2.write(ck, path, gpt2.facts.get("config") if gpt2 else None)
-        return
+    """``ck`` (no adapters) as the base model directory ``path``, in the ``hf`` format (with
+    the base's own config fields and files, kept in ``extra["hf"]``)."""
     from ckpt_core import api
 
     try:

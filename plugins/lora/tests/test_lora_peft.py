@@ -73,7 +73,8 @@ def test_import_maps_adapters_exactly(hf):
 
 def test_peft_to_fork_and_back_loads_in_peft_with_equal_logits(hf, tmp_path):
     fork = tmp_path / "ckpt.pt"
-    api.convert(hf["root"] / "adapter", fork, "lora-nanogpt")
+    # the base's HF files (config fields, generation_config.json) have no place in the fork's file
+    api.convert(hf["root"] / "adapter", fork, "lora-nanogpt", allow_loss=["extra"])
     sd = torch.load(fork, weights_only=True)["model"]
     raw = hf["model"].state_dict()
     # the fork's embedding A is peft's lora_embedding_A transposed; B is lora_embedding_B
@@ -164,4 +165,5 @@ def test_base_saved_without_the_transformer_prefix(hf, tmp_path):
     tensors = load_file(hf["root"] / "base" / "model.safetensors")
     save_file({k.removeprefix("transformer."): v for k, v in tensors.items()}, base / "model.safetensors", {"format": "pt"})
     ck = api.load(hf["root"] / "adapter", options={"base": str(base)})
-    assert differences(ck, api.load(hf["root"] / "adapter")) == []
+    # the same model; only the files beside the weights differ (this base has no generation_config.json)
+    assert differences(ck.evolve(extra={}), api.load(hf["root"] / "adapter").evolve(extra={})) == []
