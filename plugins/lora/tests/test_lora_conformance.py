@@ -90,15 +90,18 @@ class TestPeftConformance(FormatConformance):
     format = "peft"
 
     def checkpoint_strategy(self):
-        """gpt checkpoints (the base goes to base_model/ as HF GPT-2), and adapters alone on
+        """gpt checkpoints (the base goes to base_model/ as HF GPT-2, tied only as its
+        config.json can say: the head to the embedding), and adapters alone on
         '<module>.weight' names. Llama / Qwen bases go to base_model/ as hf directories,
         which hold HF teachers only: the every-pair test draws those (pairs_support), and
         test_lora_peft_families proves them with transformers and peft."""
+        from ckpt_plugin_hf.config import tie_of
         from hypothesis import strategies as st
 
         spec = registry().spec(self.format)
         alone = checkpoints_for(spec, "generic", adapters=True, adapters_alone=True).map(_on_weights)
-        return st.one_of(checkpoints_for(spec, "gpt"), alone)
+        gpt = checkpoints_for(spec, "gpt").filter(lambda ck: not ck.ties or ck.ties == tie_of("gpt"))
+        return st.one_of(gpt, alone)
     bad_inputs = [
         ("a peft directory without its config", _peft_without_config, NotFound),
         ("a key peft's LoRA does not have", _peft_foreign_key, CorruptInput),

@@ -59,8 +59,9 @@ def read_weights(consolidated: Path) -> tuple[str, dict[str, Tensor], dict[str, 
     except ValueError:
         facts = None
     if not isinstance(facts, dict) or not all(isinstance(facts.get(k, {}), dict) for k in ("bases", "adapters")) \
-            or not isinstance(facts.get("added", []), list):
-        raise CorruptInput(f"{weights}: metadata {ADAPTERS_KEY!r} is not a JSON object of bases, adapters and added keys")
+            or not isinstance(facts.get("added", []), list) or not isinstance(facts.get("ttt_facts", True), bool):
+        raise CorruptInput(f"{weights}: metadata {ADAPTERS_KEY!r} is not a JSON object of bases, adapters, added keys "
+                           "and ttt_facts")
     return weights.name, raw, config, earlier, facts
 
 
@@ -141,6 +142,8 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
     shapes = {n: t.shape for n, t in tensors.items()} | {a: tensors[t].shape for a, t in ties.items()}
     run_ttt = _ttt_settings(ts)
     facts, problems = ttt.verify(shapes, config, run_ttt)
+    if recorded.get("ttt_facts") is False:  # written from a checkpoint without them: A -> moshi -> A is exact
+        facts = {}
     if config.get("lora") and not adapters_only and not adapters and not any(n.endswith(keys.LORA_A) for n in tensors):
         problems.append('config.json says "lora": true but the weights are merged: moshi would wrap random adapters '
                         'around them (converting with this plugin writes "lora": false)')

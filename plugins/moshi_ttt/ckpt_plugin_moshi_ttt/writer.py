@@ -107,12 +107,15 @@ def _with_base(ck: Checkpoint, base: Path) -> Checkpoint:
 def _adapter_facts(ck: Checkpoint, added: list[str]) -> dict[str, str]:
     """The metadata entry of what moshi's files cannot say: absent bases' dtypes where they
     are not their adapter's, alpha and scaling of adapters stated otherwise than as a plain
-    scale, and the config.json keys written for the adapters that were no hyper-parameters
-    of the checkpoint (``added``: adapters from another format)."""
+    scale, the config.json keys written for the adapters that were no hyper-parameters
+    of the checkpoint (``added``: adapters from another format), and whether the TTT facts the
+    reader derives belong in its hyper-parameters (``ttt_facts``)."""
     bases = {n: ck.tensors[n].dtype for n in ck.absent_names() if n in ck.adapters and ck.tensors[n].dtype != ck.adapters[n].a.dtype}
     stated = {n: {"alpha": ad.alpha, "scaling": ad.scaling} for n, ad in ck.adapters.items()
               if ad.scaling != "alpha" or type(ad.alpha) is not float}
     facts = {k: v for k, v in (("bases", bases), ("adapters", stated), ("added", added)) if v}
+    if keys.ttt_layers(ck.names()) and not any(k in ck.arch.params for k in ttt.FACT_KEYS):
+        facts["ttt_facts"] = False  # the reader derives them from TTT tensors; this checkpoint had none
     return {reader.ADAPTERS_KEY: json.dumps(facts, separators=(",", ":"))} if facts else {}
 
 

@@ -92,3 +92,23 @@ def test_diff_compares_ttt_tensors_exactly_or_within_fp16_precision(full_run, fu
     code, out, _ = cli(capsys, "diff", exact, full_run, "--verbose", "--json")
     names = {row["name"] for row in json.loads(out)["tensors"]}
     assert "transformer.layers.1.ttt.original_layer.self_attn.in_projs.0.weight" in names
+
+
+def test_ttt_facts_come_back_only_where_the_source_had_them(full_run, tmp_path):
+    """The TTT facts are what the reader derives from a real run's tensors; a checkpoint
+    without them (a canonical one drawn by hand) comes back from moshi without them, one with
+    them with the same ones."""
+    import ckpt_core
+    from ckpt_core.model import Arch
+    from ckpt_plugin_moshi_ttt import ttt
+
+    with_facts = ckpt_core.load(full_run)
+    assert with_facts.arch.params["ttt_layers"] == [1]
+    plain = {k: v for k, v in with_facts.arch.params.items() if k not in ttt.FACT_KEYS}
+    without = with_facts.evolve(arch=Arch(with_facts.arch.family, plain))
+    for ck, name in ((with_facts, "with"), (without, "without")):
+        ckpt_core.save(ck, tmp_path / name, "moshi", allow_loss=["train_state"])
+        back = ckpt_core.load(tmp_path / name, "moshi")
+        facts = {k: v for k, v in back.arch.params.items() if k in ("ttt_layers", "ttt_tensors")}
+        assert facts == ({"ttt_layers": [1], "ttt_tensors": 20} if name == "with" else {})
+        assert {k: v for k, v in back.arch.params.items() if k not in ttt.FACT_KEYS} == plain
