@@ -91,7 +91,8 @@ def read(consolidated: Path, folder_step: int | None, run_dir: Path | None) -> T
 
 def check_holdable(ts: TrainState) -> None:
     """LossyConversion for training state a moshi checkpoint has no place for."""
-    lost = [f for f in ("epoch", "best_metric", "scheduler", "rng", "data_position") if getattr(ts, f) not in (None, b"", {}, [])]
+    # an empty value (rng b"", scheduler {}) would read back as None: a change too
+    lost = [f for f in ("epoch", "best_metric", "scheduler", "rng", "data_position") if getattr(ts, f) is not None]
     lost += ["metrics"] * bool(ts.metrics)
     lost += [f"config[{k!r}]" for k in ts.config if k not in ("args", "training_config")]
     lost += [f"extra[{k!r}]" for k in ts.extra if k != "optimizer_state_step"]
