@@ -148,7 +148,8 @@ def read(path: Path, options: dict[str, Any]) -> Checkpoint:
         problems.append('config.json says "lora": true but the weights are merged: moshi would wrap random adapters '
                         'around them (converting with this plugin writes "lora": false)')
     ttt.warn(problems, str(path))
-    family = MOSHI.name if not MOSHI.problems(shapes, params) else "generic"
+    partial = any(t.is_absent for t in tensors.values())  # adapters alone: what is there must fit, nothing more
+    family = MOSHI.name if not MOSHI.problems(shapes, params, complete=not partial) else "generic"
     return Checkpoint(
         arch=Arch(family, {**params, **facts}),
         tensors=tensors,

@@ -109,8 +109,11 @@ def test_a_merged_full_checkpoint_to_adapters_only_is_refused(full_run, tmp_path
 
 def test_adapters_only_without_base_are_adapters_on_absent_bases(lora_run, tmp_path):
     """moshi's own lora.safetensors, read without its base: each LoRA pair an adapter on its
-    absent ``X.weight``, the TTT tensors as they are; through canonical and back, bit for bit."""
+    absent ``X.weight``, the TTT tensors as they are, the family moshi's (what is there fits
+    it; what a model of it needs besides is not asked of adapters alone); through canonical and
+    back, bit for bit."""
     ck = ckpt_core.load(lora_run)
+    assert ck.arch.family == "moshi"
     lora = load_file(lora_run / CONSOLIDATED / "lora.safetensors")
     pairs = [k for k in lora if k.endswith("lora_A.weight")]
     # a TTT layer's second name of an adapted weight is a tie to it, as with the base
