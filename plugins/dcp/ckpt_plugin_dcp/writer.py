@@ -29,12 +29,13 @@ from .metadata import NAME as METADATA
 from .reader import EXTRA_AT_PATHS, MODEL, OPTIM, OWN, TRAIN_FIELDS
 
 _META = "torch.distributed.checkpoint.metadata"
+MAX_WORLD = 1 << 17  # ranks (one file each): beyond the largest FSDP runs (16k-32k GPUs)
 
 
 def _world_size(options: dict[str, Any]) -> int:
     n = options.get("world_size", 1)
-    if type(n) is not int or n < 1:
-        raise UsageError(f"--option world_size must be a positive integer, not {n!r}")
+    if type(n) is not int or not 1 <= n <= MAX_WORLD:
+        raise UsageError(f"--option world_size must be a number of ranks from 1 to {MAX_WORLD}, not {n!r}")
     return n
 
 
@@ -94,11 +95,13 @@ def _flatten(prefix: tuple[Any, ...], tree: dict[str, Any]) -> list[tuple[tuple[
 
 
 def _rows(t: Tensor, world: int) -> list[tuple[int, int]]:
-    """The dim-0 rows each rank holds under FSDP2 (``torch.chunk``'s split)."""
-    if not t.shape:
+    """The dim-0 rows of each rank that holds some under FSDP2 (``torch.chunk``'s split),
+    rank by rank from 0; the ranks past the list hold none (rank 0 holds an empty or 0-d
+    tensor's one chunk)."""
+    if not t.shape or not t.shape[0]:
         return [(0, 0)]
-    step = math.ceil(t.shape[0] / world) if t.shape[0] else 0
-    return [(min(r * step, t.shape[0]), min((r + 1) * step, t.shape[0])) for r in range(world)]
+    step = math.ceil(t.shape[0] / world)
+    return [(r * step, min((r + 1) * step, t.shape[0])) for r in range(math.ceil(t.shape[0] / step))]
 
 
 def _row_parts(t: Tensor) -> bool:
@@ -172,14 +175,12 @@ def write(ck: Checkpoint, directory: Path, options: dict[str, Any]) -> None:
             continue
         chunks = []
         for rank, (start, stop) in enumerate(_rows(value, world)):
-            if value.shape and (stop == start or math.prod(value.shape[1:]) == 0) and rank:
-                continue  # a rank with no rows stores nothing (rank 0 keeps an empty tensor's one chunk)
+            if rank and math.prod(value.shape[1:]) == 0:
+                break  # a tensor of no bytes is one chunk, rank 0's
             part = _slice_rows(value, start, stop) if value.shape else value
             offsets = [start, *[0] * (len(value.shape) - 1)] if value.shape else []
             chunks.append(_dc("ChunkStorageMetadata", offsets=_size(offsets), sizes=_size(part.shape)))
             ranks[rank].append((_dc("MetadataIndex", fqn=key, offset=_size(offsets), index=len(chunks) - 1), part))
-            if not value.shape:
-                break
         entries[key] = _dc("TensorStorageMetadata", properties=_properties(value.dtype), size=_size(value.shape),
                            chunks=chunks)
     directory.mkdir()

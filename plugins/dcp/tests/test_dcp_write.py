@@ -82,9 +82,10 @@ def test_reads_back_exactly(dcp_run, written):
         assert tree_differences(source.train_state.to_dict(), back.train_state.to_dict(), "train_state") == []
 
 
-def test_bad_world_size_is_a_usage_error(dcp_run, tmp_path):
-    with pytest.raises(ckpt_core.UsageError, match="world_size"):
-        ckpt_core.convert(dcp_run / "single", tmp_path / "out", "dcp", {"world_size": 0})
+@pytest.mark.parametrize("world", [0, 2 ** 63 - 1])
+def test_bad_world_size_is_a_usage_error(dcp_run, tmp_path, world):
+    with pytest.raises(ckpt_core.UsageError, match="world_size must be a number of ranks from 1 to 131072"):
+        ckpt_core.convert(dcp_run / "single", tmp_path / "out", "dcp", {"world_size": world})
     assert list(tmp_path.iterdir()) == []
 
 
