@@ -58,9 +58,7 @@ class _Window(io.RawIOBase):
 
     def __init__(self, f, offset: int, length: int, name: str):
         self.f, self.offset, self.length, self.pos, self.name = f, offset, length, 0, name
-        edge = min(length, _EDGE)
-        self.ends = ((0, os.pread(f.fileno(), edge, offset)),
-                     (length - edge, os.pread(f.fileno(), edge, offset + length - edge)))
+        self.ends: tuple[tuple[int, bytes], ...] = ()  # read at the first read (its errors are a read's)
 
     def readable(self) -> bool:
         return True
@@ -77,6 +75,10 @@ class _Window(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         count = max(0, min(len(buffer), self.length - self.pos))
+        if not self.ends:
+            edge = min(self.length, _EDGE)
+            self.ends = ((0, os.pread(self.f.fileno(), edge, self.offset)),
+                         (self.length - edge, os.pread(self.f.fileno(), edge, self.offset + self.length - edge)))
         for start, data in self.ends:  # (shorter than asked when the file is: then read below, as before)
             if start <= self.pos and self.pos + count <= start + len(data):
                 buffer[:count] = data[self.pos - start:self.pos - start + count]
