@@ -11,13 +11,14 @@ ranks, fp32 weights and AdamW state after one step, ``dcp.save({"model": msd, "o
 warm page cache:
 
 - DCP -> safetensors: ``ckpt-core convert step/ model.safetensors --to safetensors
-  --allow-loss train_state`` (once per ``--workers`` value when ckpt-core has the option),
+  --allow-loss train_state`` (once per ``--workers`` value),
   ``dcp_to_torch_save(step/, full.pt)`` (all of the state, as it only can), and ``cp`` of
   ckpt-core's output + ``sync``: the same bytes moved by the kernel alone;
 - HF -> DCP: the model as an HF directory (``config.json`` and the safetensors output, or its
   ``torch.save`` as ``pytorch_model.bin``): the ``.bin`` to a one-rank DCP directory by
   ``torch_save_to_dcp`` and by ``ckpt-core convert hf-bin/ init/ --to dcp``; the safetensors
-  one to 2 ranks by ckpt-core (``world_size=2``); ``cp`` of the ``.bin`` + ``sync``;
+  one to 2 ranks by ckpt-core (``world_size=2``), each once per ``--workers`` value;
+  ``cp`` of the ``.bin`` + ``sync``;
 
 and checks that the outputs agree bit for bit (ckpt-core's safetensors against the model
 ``dcp_to_torch_save`` wrote; each DCP directory, read by ckpt-core, against the source).
@@ -101,12 +102,6 @@ def repeat(times: int, output: Path, case) -> dict[str, float]:
     return summarize(samples)
 
 
-def has_workers(cli: str) -> bool:
-    """Whether this ckpt-core's convert takes ``--workers``."""
-    done = subprocess.run([cli, "convert", "--help"], capture_output=True, text=True, check=False)
-    return "--workers" in done.stdout
-
-
 def same_model(safetensors: Path, full_pt: Path) -> bool:
     """ckpt-core's safetensors holds exactly the model ``dcp_to_torch_save`` wrote."""
     import torch
@@ -123,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="2GB", help="bytes of fp32 weights + both AdamW moments (default 2GB)")
     parser.add_argument("--workers", type=int, nargs="*", default=[],
-                        help="ckpt-core --workers values to time (when ckpt-core has the option)")
+                        help="ckpt-core --workers values to time, each case once per value (default: none given)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each ckpt-core and cp case (median; default 3)")
     parser.add_argument("--dir", type=Path, help="where to put the files (not a tmpfs; default /work or .)")
     parser.add_argument("--keep", action="store_true", help="keep the files")
@@ -138,10 +133,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-dcp-", dir=work_parent(args.dir)))
     env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # time ckpt-core as installed (bytecode cached), not compiling itself
     cli = str(Path(sys.executable).with_name("ckpt-core"))
-    workers = args.workers if args.workers and has_workers(cli) else [None]
-    if args.workers and workers == [None]:
-        print(f"(this ckpt-core has no --workers: timing its default instead of {args.workers})")
+    workers = args.workers or [None]
     try:
         src = work / "step"
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -150,6 +144,8 @@ def main() -> None:
         largest = int((work / "largest").read_text())
         warm(src)
         ours, theirs, copy = work / "model.safetensors", work / "full.pt", work / "copy"
+        run([cli, "--quiet", "convert", str(src), str(ours), "--to", "safetensors", "--allow-loss", "train_state"], env)
+        remove(ours)  # (untimed: caches ckpt-core's bytecode)
         results = {}
         for n in workers:
             flag = [] if n is None else ["--workers", str(n)]
@@ -172,18 +168,19 @@ def main() -> None:
                         "torch.save(load_file(sys.argv[1]), sys.argv[2])", str(hf_st / "model.safetensors"), str(pt)],
                        check=True)
         warm(work)
-        into = {"torch_save_to_dcp": work / "torch-init", "ckpt-core .bin": work / "init-bin",
-                "ckpt-core st w2": work / "init-st"}
-        flag = ["--workers", str(workers[-1])] if workers[-1] else []
+        into = {"torch_save_to_dcp": work / "torch-init"}
         back = {"torch_save_to_dcp": summarize([run([sys.executable, "-c", TO_DCP, str(pt), str(into["torch_save_to_dcp"])],
-                                                    env)]),
-                "ckpt-core .bin": repeat(args.repeat, into["ckpt-core .bin"], lambda: run(
-                    [cli, "--quiet", "convert", str(hf_bin), str(into["ckpt-core .bin"]), "--to", "dcp",
-                     "--allow-loss", "extra", *flag], env)),
-                "ckpt-core st w2": repeat(args.repeat, into["ckpt-core st w2"], lambda: run(
-                    [cli, "--quiet", "convert", str(hf_st), str(into["ckpt-core st w2"]), "--to", "dcp",
-                     "--option", "world_size=2", "--allow-loss", "extra", *flag], env)),
-                "cp+sync": repeat(args.repeat, copy, lambda: run(["sh", "-c", f"cp {pt} {copy} && sync"], env))}
+                                                    env)])}
+        for n in workers:
+            flag, tag = ([], "") if n is None else (["--workers", str(n)], f" -w{n}")
+            into[f"ckpt-core .bin{tag}"] = bin_out = work / f"init-bin{tag.strip()}"
+            into[f"ckpt-core st w2{tag}"] = st_out = work / f"init-st{tag.strip()}"
+            back[f"ckpt-core .bin{tag}"] = repeat(args.repeat, bin_out, lambda: run(
+                [cli, "--quiet", "convert", str(hf_bin), str(bin_out), "--to", "dcp", "--allow-loss", "extra", *flag], env))
+            back[f"ckpt-core st w2{tag}"] = repeat(args.repeat, st_out, lambda: run(
+                [cli, "--quiet", "convert", str(hf_st), str(st_out), "--to", "dcp", "--option", "world_size=2",
+                 "--allow-loss", "extra", *flag], env))
+        back["cp+sync"] = repeat(args.repeat, copy, lambda: run(["sh", "-c", f"cp {pt} {copy} && sync"], env))
         back_identical = all(ckpt_core.diff(hf_st / "model.safetensors", d).identical for d in into.values())
         report = {"size": human(size), "source_bytes": tree_size(src), "largest_tensor": largest,
                   "safetensors_bytes": tree_size(hf_st / "model.safetensors"), "identical": identical, "to_safetensors": results,

@@ -31,9 +31,9 @@ range), so N workers hold up to N times that.
 
 Plugins adopt it the same way, with no change to a hook's signature or an option:
 
-- dcp: plan first (each value's rank, offset and length come from sizes alone, so
-  ``.metadata`` can be built before a byte is written), then one job per rank that writes
-  its ``__R_N.distcp`` file in plan order; ``.metadata`` is written after ``run`` returns;
+- dcp: plan first (every value's rank and key), then one job per rank that writes its
+  ``__R_N.distcp`` file in plan order and returns each item's offset and length;
+  ``.metadata`` is built from them and written after ``run`` returns;
 - deepspeed: one job per rank, ``functools.partial(save_rank, rank)``, where ``save_rank``
   builds that rank's optimizer state and writes it with ``torchfile.save`` (so a worker
   holds one rank's state), and one for ``mp_rank_00_model_states.pt``; ``latest`` after

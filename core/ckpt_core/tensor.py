@@ -289,9 +289,13 @@ class Tensor:
             joined = _adjacent_range(tensors, first.dtype, shape)
             if joined is not None:
                 return joined
-        import numpy as np
 
-        return Tensor(first.dtype, shape, load=lambda: np.stack([t.raw() for t in tensors], axis=axis))
+        def load():
+            import numpy as np  # (when the bytes are read: a stack made only to be copied never imports numpy)
+
+            return np.stack([t.raw() for t in tensors], axis=axis)
+
+        return Tensor(first.dtype, shape, load=load)
 
     @staticmethod
     def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
@@ -309,10 +313,13 @@ class Tensor:
             joined = _adjacent_range(tensors, first.dtype, shape)
             if joined is not None:
                 return joined
-        import numpy as np
 
-        return Tensor(first.dtype, shape, load=lambda: np.concatenate([t.raw() for t in tensors], axis=axis),
-                      parts=tuple(tensors) if outermost else ())
+        def load():
+            import numpy as np  # (when the bytes are read: parts copied in the kernel never import numpy)
+
+            return np.concatenate([t.raw() for t in tensors], axis=axis)
+
+        return Tensor(first.dtype, shape, load=load, parts=tuple(tensors) if outermost else ())
 
 
 def _base_missing():

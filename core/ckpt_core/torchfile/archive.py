@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -30,6 +31,7 @@ from ..errors import CorruptInput, NotFound
 
 MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl holds structure, not weights
 _READ_CHUNK = 1024 * 1024  # inflate this much at a time
+_EDGE = 4096  # bytes read at once from each end of a zip inside a file (``_Window``)
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # local file header (30 bytes)
 _DESCRIBED = 0x0008  # sizes and CRC-32 follow the data (in a data descriptor)
 _ZIP64_MARK = 0xFFFFFFFF  # a 4-byte size whose value is in the zip64 extra field
@@ -49,10 +51,14 @@ Span = tuple[int, int]  # (offset, length): where an archive lies inside a large
 
 
 class _Window(io.RawIOBase):
-    """``length`` bytes of an open file from ``offset``, as a file of their own."""
+    """``length`` bytes of an open file from ``offset``, as a file of their own. Each end
+    (``_EDGE`` bytes) is read once, up front: a zip's local headers, pickle and central
+    directory lie there, so the many small reads that parse it cost no system call (a DCP
+    checkpoint's hundreds of items are parsed this way)."""
 
     def __init__(self, f, offset: int, length: int, name: str):
         self.f, self.offset, self.length, self.pos, self.name = f, offset, length, 0, name
+        self.ends: tuple[tuple[int, bytes], ...] = ()  # read at the first read (its errors are a read's)
 
     def readable(self) -> bool:
         return True
@@ -68,8 +74,18 @@ class _Window(io.RawIOBase):
         return self.pos
 
     def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self.length - self.pos))
+        if not self.ends:
+            edge = min(self.length, _EDGE)
+            self.ends = ((0, os.pread(self.f.fileno(), edge, self.offset)),
+                         (self.length - edge, os.pread(self.f.fileno(), edge, self.offset + self.length - edge)))
+        for start, data in self.ends:  # (shorter than asked when the file is: then read below, as before)
+            if start <= self.pos and self.pos + count <= start + len(data):
+                buffer[:count] = data[self.pos - start:self.pos - start + count]
+                self.pos += count
+                return count
         self.f.seek(self.offset + self.pos)
-        data = self.f.read(max(0, min(len(buffer), self.length - self.pos)))
+        data = self.f.read(count)
         buffer[:len(data)] = data
         self.pos += len(data)
         return len(data)
@@ -172,12 +188,39 @@ def members(path: Path | str, span: Span | None = None) -> dict[str, Member]:
     local header checked; data starts are offsets in the file. CorruptInput for a damaged
     archive, a ``data.pkl`` declaring more than ``MAX_PICKLE_BYTES`` and a compressed
     storage record (torch never writes one)."""
+    with _open(path, span) as f:
+        return _members(f, path, span)[0]
+
+
+def read_archive(path: Path | str, span: Span | None = None) -> tuple[dict[str, Member], str, bytes]:
+    """``members(path, span)``, and the name and bytes of the archive's ``data.pkl``,
+    inflated a piece at a time and never past the size it declares: the file opened and its
+    directory parsed once."""
+    with _open(path, span) as f:
+        records, archive = _members(f, path, span)
+        name = pickle_member(list(records), where(path, span))
+        info = records[name].info
+        pieces, total = [], 0
+        try:
+            with archive, archive.open(info) as data:
+                while piece := data.read(_READ_CHUNK):
+                    total += len(piece)
+                    pieces.append(piece)
+        except ZIP_ERRORS as e:
+            raise CorruptInput(f"{where(path, span)}: not a readable torch zip pickle ({e})") from None
+    if total != info.file_size:
+        raise CorruptInput(f"{where(path, span)}: {name} holds {total} bytes, its record says {info.file_size}")
+    return records, name, b"".join(pieces)
+
+
+def _members(f, path: Path | str, span: Span | None) -> tuple[dict[str, Member], zipfile.ZipFile]:
+    """``members`` of the open archive ``f``, and ``f`` as a ZipFile (to read records from)."""
     base, name = (span or (0, 0))[0], where(path, span)
     try:
-        with _open(path, span) as f, zipfile.ZipFile(f) as archive:
-            infos = sorted(archive.infolist(), key=lambda i: i.header_offset)
-            ends = [i.header_offset for i in infos[1:]] + [archive.start_dir]
-            found = {info.filename: Member(info, base + data_offset(f, info, end)) for info, end in zip(infos, ends)}
+        archive = zipfile.ZipFile(f)
+        infos = sorted(archive.infolist(), key=lambda i: i.header_offset)
+        ends = [i.header_offset for i in infos[1:]] + [archive.start_dir]
+        found = {info.filename: Member(info, base + data_offset(f, info, end)) for info, end in zip(infos, ends)}
     except ZIP_ERRORS as e:
         raise CorruptInput(f"{name}: not a readable torch zip archive ({e})") from None
     for record, (info, _) in found.items():
@@ -186,7 +229,7 @@ def members(path: Path | str, span: Span | None = None) -> dict[str, Member]:
                                f"structure (at most {MAX_PICKLE_BYTES})")
         if "/data/" in record and info.compress_type != zipfile.ZIP_STORED:
             raise CorruptInput(f"{name}: storage record {record} is compressed; torch never writes that")
-    return found
+    return found, archive
 
 
 def stored_records(path: Path | str) -> dict[int, zipfile.ZipInfo]:
@@ -201,21 +244,3 @@ def pickle_member(names: list[str], path: Path | str) -> str:
     if len(found) != 1:
         raise CorruptInput(f"{path}: not a torch zip pickle (no single data.pkl)")
     return found[0]
-
-
-def read_pickle(path: Path | str, records: dict[str, Member], span: Span | None = None) -> tuple[str, bytes]:
-    """The name and bytes of the archive's ``data.pkl`` (``records``: ``members(path, span)``),
-    inflated a piece at a time and never past the size it declares."""
-    name = pickle_member(list(records), where(path, span))
-    info = records[name].info
-    pieces, total = [], 0
-    try:
-        with _open(path, span) as raw, zipfile.ZipFile(raw) as archive, archive.open(info) as f:
-            while piece := f.read(_READ_CHUNK):
-                total += len(piece)
-                pieces.append(piece)
-    except ZIP_ERRORS as e:
-        raise CorruptInput(f"{where(path, span)}: not a readable torch zip pickle ({e})") from None
-    if total != info.file_size:
-        raise CorruptInput(f"{where(path, span)}: {name} holds {total} bytes, its record says {info.file_size}")
-    return name, b"".join(pieces)

@@ -31,7 +31,7 @@ from .. import dtypes, files
 from ..errors import CorruptInput
 from ..tensor import Tensor
 from . import structure
-from .archive import MAX_PICKLE_BYTES, ZIP_ERRORS, Member, Span, is_zip, members, read_pickle, where
+from .archive import MAX_PICKLE_BYTES, ZIP_ERRORS, Member, Span, is_zip, members, read_archive, where
 from .names import LEGACY_STORAGES, TORCH_DTYPES
 
 if TYPE_CHECKING:
@@ -240,8 +240,7 @@ def scan(path: Path, span: Span | None = None) -> Scan:
     """Unpickle ``path``'s ``data.pkl`` (of the zip at its ``span``, if given) inertly.
     CorruptInput if it is not a readable torch zip, or what it unpickles to is out of
     bounds (``structure``, ``MAX_TENSORS``)."""
-    records = members(path, span)
-    member, data = read_pickle(path, records, span)
+    records, member, data = read_archive(path, span)
     obj, names = scan_bytes(data, f"{where(path, span)}: data.pkl")
     return Scan(obj, names, member.rsplit("/", 1)[0], records)
 
@@ -268,7 +267,7 @@ def named_globals(path: Path) -> list[str]:
     protocol, system info and data; a bare pickle). Damage ends the listing, not the call."""
     try:
         if is_zip(path):
-            data = read_pickle(path, members(path))[1]
+            data = read_archive(path)[2]
         else:
             with files.open_regular(path) as f:
                 data = f.read(MAX_PICKLE_BYTES)

@@ -6,31 +6,36 @@ a rank left no rows stores nothing); 0-d tensors (``step``) and every other valu
 stored once, by rank 0. Each item is a ``torch.save`` zip written by ckpt-core's own
 writer and appended to its rank's ``__R_0.distcp``; a rank's rows of a file-range tensor,
 or of a tensor FSDP2 split (a concatenation of file ranges), are file ranges, copied in
-the kernel. ``.metadata`` is written last: the pickle ``pickle.dump`` makes of DCP's own
+the kernel (a computed tensor is made by each rank's job that holds rows of it: one
+tensor in memory per worker). The rank files are ``pool.run`` jobs, as many at once as
+the write has workers; each file's bytes depend on its values alone, so any number of
+workers writes the same bytes. ``.metadata`` is written last: the pickle ``pickle.dump`` makes of DCP's own
 metadata classes, written with stand-ins naming them (``torchfile.dumps``), so torch is
 never imported.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
 
 import attrs
-from ckpt_core import Checkpoint, Tensor, UsageError, safetensors_io, torchfile
+from ckpt_core import Checkpoint, Tensor, UsageError, pool, safetensors_io, torchfile
 
 from . import torchtitan
 from .metadata import NAME as METADATA
 from .reader import EXTRA_AT_PATHS, MODEL, OPTIM, OWN, TRAIN_FIELDS
 
 _META = "torch.distributed.checkpoint.metadata"
+MAX_WORLD = 1 << 17  # ranks (one file each): beyond the largest FSDP runs (16k-32k GPUs)
 
 
 def _world_size(options: dict[str, Any]) -> int:
     n = options.get("world_size", 1)
-    if type(n) is not int or n < 1:
-        raise UsageError(f"--option world_size must be a positive integer, not {n!r}")
+    if type(n) is not int or not 1 <= n <= MAX_WORLD:
+        raise UsageError(f"--option world_size must be a number of ranks from 1 to {MAX_WORLD}, not {n!r}")
     return n
 
 
@@ -90,11 +95,13 @@ def _flatten(prefix: tuple[Any, ...], tree: dict[str, Any]) -> list[tuple[tuple[
 
 
 def _rows(t: Tensor, world: int) -> list[tuple[int, int]]:
-    """The dim-0 rows each rank holds under FSDP2 (``torch.chunk``'s split)."""
-    if not t.shape:
+    """The dim-0 rows of each rank that holds some under FSDP2 (``torch.chunk``'s split),
+    rank by rank from 0; the ranks past the list hold none (rank 0 holds an empty or 0-d
+    tensor's one chunk)."""
+    if not t.shape or not t.shape[0]:
         return [(0, 0)]
-    step = math.ceil(t.shape[0] / world) if t.shape[0] else 0
-    return [(min(r * step, t.shape[0]), min((r + 1) * step, t.shape[0])) for r in range(world)]
+    step = math.ceil(t.shape[0] / world)
+    return [(r * step, min((r + 1) * step, t.shape[0])) for r in range(math.ceil(t.shape[0] / step))]
 
 
 def _row_parts(t: Tensor) -> bool:
@@ -119,18 +126,16 @@ def _slice_rows(t: Tensor, start: int, stop: int) -> Tensor:
     return pieces[0] if len(pieces) == 1 else Tensor.concat(pieces)
 
 
-class _RankFile:
-    """One rank's ``__R_0.distcp``, its items appended one after another."""
-
-    def __init__(self, directory: Path, rank: int):
-        self.name = f"__{rank}_0.distcp"
-        self.out = open(directory / self.name, "wb", buffering=0)
-
-    def append(self, value: Any) -> tuple[str, int, int]:
-        """Write ``value`` as a ``torch.save`` zip item; return (file, offset, length)."""
-        start = self.out.tell()
-        torchfile.save(value, Path("archive"), into=self.out)  # records under archive/, as torch.save to a buffer
-        return self.name, start, self.out.tell() - start
+def _write_rank(path: Path, values: list[Any]) -> list[tuple[int, int]]:
+    """Write one rank's ``__R_0.distcp``: each value a ``torch.save`` zip item, one after
+    another; return each item's (offset, length)."""
+    placed = []
+    with open(path, "xb", buffering=0) as out:
+        for value in values:
+            start = out.tell()
+            torchfile.save(value, Path("archive"), into=out)  # records under archive/, as torch.save to a buffer
+            placed.append((start, out.tell() - start))
+    return placed
 
 
 def _size(dims) -> Any:
@@ -151,42 +156,38 @@ def _properties(dtype: str) -> torchfile.Instance:
 
 
 def write(ck: Checkpoint, directory: Path, options: dict[str, Any]) -> None:
-    """Write ``ck`` as a DCP checkpoint directory for ``world_size`` ranks."""
+    """Write ``ck`` as a DCP checkpoint directory for ``world_size`` ranks: planned first
+    (every value's rank and key), then each rank's file by its own ``pool.run`` job, then
+    ``.metadata`` from the places the jobs report."""
     world = _world_size(options)
     ck = _named(ck, options)
     prefixed = not (ck.layout.format == "dcp" and ck.layout.variant == "flat")
-    directory.mkdir()
-    files = [_RankFile(directory, r) for r in range(world)]
     entries, planner, storage = {}, {}, {}
-    try:
-        for path, value in _values(ck, prefixed):
-            key = ".".join(map(str, path))
-            if key in entries:
-                raise UsageError(f"two values flatten to the DCP key {key!r}; rename one. Nothing was written.")
-            planner[key] = path
-            if not isinstance(value, Tensor):
-                name, offset, length = files[0].append(value)
-                storage[_dc("MetadataIndex", fqn=key, offset=None, index=None)] = _stored(name, offset, length)
-                entries[key] = _dc("BytesStorageMetadata")
-                continue
-            if value.file_range is None and not _row_parts(value) and world > 1:  # computed: make it once, not per rank
-                value = Tensor.from_numpy(value.raw(), value.dtype)
-            chunks = []
-            for rank, (start, stop) in enumerate(_rows(value, world)):
-                if value.shape and (stop == start or math.prod(value.shape[1:]) == 0) and rank:
-                    continue  # a rank with no rows stores nothing (rank 0 keeps an empty tensor's one chunk)
-                part = _slice_rows(value, start, stop) if value.shape else value
-                offsets = [start, *[0] * (len(value.shape) - 1)] if value.shape else []
-                chunks.append(_dc("ChunkStorageMetadata", offsets=_size(offsets), sizes=_size(part.shape)))
-                index = _dc("MetadataIndex", fqn=key, offset=_size(offsets), index=len(chunks) - 1)
-                storage[index] = _stored(*files[rank].append(part))
-                if not value.shape:
-                    break
-            entries[key] = _dc("TensorStorageMetadata", properties=_properties(value.dtype), size=_size(value.shape),
-                               chunks=chunks)
-    finally:
-        for f in files:
-            f.out.close()
+    ranks: list[list[tuple[torchfile.Instance, Any]]] = [[] for _ in range(world)]  # (MetadataIndex, value) per rank
+    for path, value in _values(ck, prefixed):
+        key = ".".join(map(str, path))
+        if key in entries:
+            raise UsageError(f"two values flatten to the DCP key {key!r}; rename one. Nothing was written.")
+        planner[key] = path
+        if not isinstance(value, Tensor):
+            ranks[0].append((_dc("MetadataIndex", fqn=key, offset=None, index=None), value))
+            entries[key] = _dc("BytesStorageMetadata")
+            continue
+        chunks = []
+        for rank, (start, stop) in enumerate(_rows(value, world)):
+            if rank and math.prod(value.shape[1:]) == 0:
+                break  # a tensor of no bytes is one chunk, rank 0's
+            part = _slice_rows(value, start, stop) if value.shape else value
+            offsets = [start, *[0] * (len(value.shape) - 1)] if value.shape else []
+            chunks.append(_dc("ChunkStorageMetadata", offsets=_size(offsets), sizes=_size(part.shape)))
+            ranks[rank].append((_dc("MetadataIndex", fqn=key, offset=_size(offsets), index=len(chunks) - 1), part))
+        entries[key] = _dc("TensorStorageMetadata", properties=_properties(value.dtype), size=_size(value.shape),
+                           chunks=chunks)
+    directory.mkdir()
+    names = [f"__{rank}_0.distcp" for rank in range(world)]
+    jobs = [functools.partial(_write_rank, directory / name, [v for _, v in items]) for name, items in zip(names, ranks)]
+    for name, items, placed in zip(names, ranks, pool.run(jobs)):
+        storage.update((index, _stored(name, *where)) for (index, _), where in zip(items, placed))
     metadata = _dc("Metadata", state_dict_metadata=entries, planner_data=planner, storage_data=storage,
                    storage_meta=None, version=None)
     safetensors_io.write_bytes(directory / METADATA, torchfile.dumps(metadata))

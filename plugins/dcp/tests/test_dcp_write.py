@@ -6,6 +6,7 @@ exactly the next losses the source run computed."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,9 +82,10 @@ def test_reads_back_exactly(dcp_run, written):
         assert tree_differences(source.train_state.to_dict(), back.train_state.to_dict(), "train_state") == []
 
 
-def test_bad_world_size_is_a_usage_error(dcp_run, tmp_path):
-    with pytest.raises(ckpt_core.UsageError, match="world_size"):
-        ckpt_core.convert(dcp_run / "single", tmp_path / "out", "dcp", {"world_size": 0})
+@pytest.mark.parametrize("world", [0, 2 ** 63 - 1])
+def test_bad_world_size_is_a_usage_error(dcp_run, tmp_path, world):
+    with pytest.raises(ckpt_core.UsageError, match="world_size must be a number of ranks from 1 to 131072"):
+        ckpt_core.convert(dcp_run / "single", tmp_path / "out", "dcp", {"world_size": world})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -131,3 +133,53 @@ def test_rank_rows_of_an_fsdp2_tensor_stay_file_ranges(dcp_run):
             ranges = [p.file_range is not None or (p.parts and all(q.file_range for q in p.parts)) for p in pieces]
             assert all(ranges) and (world == 4 or all(p.file_range for p in pieces)), (t, world)
             assert np.array_equal(np.concatenate([p.raw() for p in pieces]), t.raw())
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def test_workers_1_and_2_write_the_same_bytes_and_count_every_byte(dcp_run, tmp_path, monkeypatch):
+    """Each rank file is one ``pool.run`` job: 1 or 2 workers (and 3 ranks on 2 workers)
+    give byte-identical directories, computed tensors (made per rank) included, and the
+    progress listener sees the checkpoint's bytes. (Each item's ``.data/serialization_id``
+    is a random number per ``torch.save``, as torch writes it: pinned here, the only
+    difference two writes may have.)"""
+    from ckpt_core import progress
+    from ckpt_core.torchfile import writing
+
+    monkeypatch.setattr(writing.secrets, "randbits", lambda bits: 2**bits - 1)
+
+    source = ckpt_core.load(dcp_run / "fsdp2")
+    ck = source.evolve(tensors={n: t.T.T if i % 3 == 0 else t for i, (n, t) in enumerate(source.tensors.items())})
+    slots = source.train_state.optimizer.param_state.values()
+    everything = ck.nbytes + sum(t.nbytes for state in slots for t in state.values() if isinstance(t, ckpt_core.Tensor))
+    for world in (2, 3):
+        trees, totals = [], []
+        for workers in (1, 2):
+            seen: list[int] = []
+            with progress.listen(seen.append):
+                ckpt_core.save(ck, tmp_path / f"w{world}-{workers}", "dcp", {"world_size": world}, workers=workers)
+            trees.append(_tree(tmp_path / f"w{world}-{workers}"))
+            totals.append(sum(seen))
+        assert trees[0] == trees[1], world
+        assert totals[0] == totals[1] >= everything, (world, totals)  # the workers' bytes reach the caller's bar
+        assert differences(source, ckpt_core.load(tmp_path / f"w{world}-2")) == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_rank_file_leaves_nothing(dcp_run, tmp_path, workers):
+    """Rank 1's rows come from the source's ``__1_0.distcp``, cut short after it was read:
+    rank 1's job fails, rank 0's stops or finishes, the error is the one line naming the
+    file, and neither the destination nor a temporary is left."""
+    import shutil
+
+    shutil.copytree(dcp_run / "fsdp2", tmp_path / "src")
+    ck = ckpt_core.load(tmp_path / "src")
+    victim = tmp_path / "src" / "__1_0.distcp"
+    os.truncate(victim, victim.stat().st_size // 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ckpt_core.CorruptInput, match=r"__1_0\.distcp: file ends inside a tensor's data"):
+        ckpt_core.save(ck, out / "dcp", "dcp", {"world_size": 2}, workers=workers)
+    assert os.listdir(out) == []
