@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO -> safetensors / hf: ckpt-core against DeepSpeed's own ``zero_to_fp32.py``.
 
-    python bench/bench_deepspeed.py --size 2GB [--stage 3] [--world-size 2] [--dir D] [--keep] [--json]
+    python bench/bench_deepspeed.py --size 2GB [--stage 3] [--world-size 2] [--workers 1 2] [--dir D] [--keep] [--json]
 
 Generates a ZeRO save directory (ZeRO-3 by default) of at least ``--size`` fp32 master
 weights (Llama shapes: 4096 wide, a 32000 vocabulary, untied head, as many layers as it
@@ -14,6 +14,8 @@ Then times, each in its own process from a warm page cache:
 - ``zero_to_fp32``: ``convert_zero_checkpoint_to_fp32_state_dict(..., safe_serialization=True)``
 - ``ckpt-core``: ``ckpt-core convert run model.safetensors --to safetensors --allow-loss train_state``
 - ``ckpt-core hf``: ``ckpt-core convert run hf --to hf`` (the heads given with ``--option params=``)
+
+  (each once per ``--workers`` count given, with ``--workers N``: the hf shards are written N at once)
 - ``start-up``: ``ckpt-core --help`` (what every command pays before it reads a byte)
 - ``cp+sync``: copying a file of the fp32 bytes, and syncing it
 
@@ -95,6 +97,7 @@ def main() -> None:
     parser.add_argument("--size", default="2GB", help="fp32 master weight bytes, at least (default 2GB)")
     parser.add_argument("--stage", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--world-size", type=int, default=2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[], help="ckpt-core's --workers, one run of each")
     parser.add_argument("--dir", type=Path, help="where to put the files (not a tmpfs; default /work or .)")
     parser.add_argument("--keep", action="store_true", help="keep the files")
     parser.add_argument("--json", action="store_true")
@@ -109,16 +112,17 @@ def main() -> None:
         warm(src)
         ours, hf, theirs, copy = work / "ckpt-core.safetensors", work / "hf", work / "zero_to_fp32", work / "copy"
         cli = str(Path(sys.executable).with_name("ckpt-core"))
-        results = {
-            "zero_to_fp32": summarize([run([sys.executable, "-c", ZERO_TO_FP32, str(src), str(theirs)], env)]),
-            "ckpt-core": summarize([run([cli, "--quiet", "convert", str(src), str(ours), "--to", "safetensors",
-                                         "--allow-loss", "train_state"], env)]),
-            "ckpt-core hf": summarize([run([cli, "--quiet", "convert", str(src), str(hf), "--to", "hf", "--option",
-                                            f"params={json.dumps(HEADS)}", "--allow-loss", "train_state",
-                                            # the hf writer (swiftkv's today) takes the trainable set only so
-                                            "--option", "drop_swiftkv=true"], env)]),
-            "start-up": summarize([run([cli, "--help"], env) for _ in range(3)]),
-        }
+        results = {"zero_to_fp32": summarize([run([sys.executable, "-c", ZERO_TO_FP32, str(src), str(theirs)], env)])}
+        for workers in args.workers or [None]:
+            flags, label = ([], "") if workers is None else (["--workers", str(workers)], f" w{workers}")
+            results[f"ckpt-core{label}"] = summarize([run([cli, "--quiet", "convert", str(src), str(ours), "--to",
+                                                           "safetensors", "--allow-loss", "train_state", "--overwrite",
+                                                           *flags], env)])
+            results[f"ckpt-core hf{label}"] = summarize([run([cli, "--quiet", "convert", str(src), str(hf), "--to", "hf",
+                                                              "--option", f"params={json.dumps(HEADS)}", "--allow-loss",
+                                                              "train_state", "--allow-loss", "trainable", "--overwrite",
+                                                              *flags], env)])
+        results["start-up"] = summarize([run([cli, "--help"], env) for _ in range(3)])
         results["cp+sync"] = summarize([run(["sh", "-c", f"cp {ours} {copy} && sync"], env)])
         same = ckpt_core.diff(ours, theirs).identical and ckpt_core.diff(hf, theirs).identical
         report = {"size": human(size), "stage": args.stage, "world_size": args.world_size,
@@ -129,10 +133,11 @@ def main() -> None:
             return
         print(f"ZeRO-{args.stage}, {args.world_size} ranks, {human(fp32_bytes)} fp32 master weights "
               f"({human(tree_size(src))} on disk), largest tensor {human(largest)}; outputs identical: {same}")
-        print(f"{'case':14} {'wall s':>8} {'cpu s':>8} {'peak RSS':>10} {'x cp+sync':>10}")
+        print(f"{'case':16} {'wall s':>8} {'cpu s':>8} {'peak RSS':>10} {'x cp+sync':>10}")
         for name, r in results.items():
-            print(f"{name:14} {r['wall']:8.2f} {r['cpu']:8.2f} {human(r['rss']):>10} {r['wall'] / results['cp+sync']['wall']:10.2f}")
-        ckpt = results["ckpt-core"]
+            print(f"{name:16} {r['wall']:8.2f} {r['cpu']:8.2f} {human(r['rss']):>10} {r['wall'] / results['cp+sync']['wall']:10.2f}")
+        ckpt = min((r for name, r in results.items() if name.startswith("ckpt-core") and "hf" not in name),
+                   key=lambda r: r["wall"])
         print(f"targets: peak RSS <= largest + 300 MB: {ckpt['rss'] <= largest + 300 * 10**6}; "
               f"wall <= 1.5x cp+sync: {ckpt['wall'] <= 1.5 * results['cp+sync']['wall']}; "
               f"faster than zero_to_fp32: {ckpt['wall'] < results['zero_to_fp32']['wall']}")
