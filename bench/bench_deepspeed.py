@@ -9,7 +9,9 @@ writer writes it, in the layout DeepSpeed's engine writes and loads (the plugin'
 prove it on engine-written checkpoints: DeepSpeed's ``zero_to_fp32.py`` reads the writer's
 ZeRO-3 output bit for bit and its engine resumes from it with the same losses). Under ZeRO-3
 every parameter straddles the ranks: each is a concatenation of one piece per rank's file.
-Then times, each in its own process from a warm page cache:
+Then times, each in its own process, its input read once just before (a warm page cache:
+the 4.5 GB ``zero_to_fp32`` holds, and the outputs, push the source out of a busy machine's
+cache otherwise):
 
 - ``zero_to_fp32``: ``convert_zero_checkpoint_to_fp32_state_dict(..., safe_serialization=True)``
 - ``ckpt-core``: ``ckpt-core convert run model.safetensors --to safetensors --allow-loss train_state``
@@ -109,21 +111,23 @@ def main() -> None:
         src = work / "run"
         largest = make_run(src, size, args.world_size, args.stage)
         fp32_bytes = sum(p.stat().st_size for p in src.rglob("*optim_states.pt")) // 3  # master + 2 moments
-        warm(src)
+
+        def timed(argv: list[str], input: Path = src) -> dict:
+            warm(input)
+            return summarize([run(argv, env)])
+
         ours, hf, theirs, copy = work / "ckpt-core.safetensors", work / "hf", work / "zero_to_fp32", work / "copy"
         cli = str(Path(sys.executable).with_name("ckpt-core"))
-        results = {"zero_to_fp32": summarize([run([sys.executable, "-c", ZERO_TO_FP32, str(src), str(theirs)], env)])}
+        results = {"zero_to_fp32": timed([sys.executable, "-c", ZERO_TO_FP32, str(src), str(theirs)])}
         for workers in args.workers or [None]:
             flags, label = ([], "") if workers is None else (["--workers", str(workers)], f" w{workers}")
-            results[f"ckpt-core{label}"] = summarize([run([cli, "--quiet", "convert", str(src), str(ours), "--to",
-                                                           "safetensors", "--allow-loss", "train_state", "--overwrite",
-                                                           *flags], env)])
-            results[f"ckpt-core hf{label}"] = summarize([run([cli, "--quiet", "convert", str(src), str(hf), "--to", "hf",
-                                                              "--option", f"params={json.dumps(HEADS)}", "--allow-loss",
-                                                              "train_state", "--allow-loss", "trainable", "--overwrite",
-                                                              *flags], env)])
+            results[f"ckpt-core{label}"] = timed([cli, "--quiet", "convert", str(src), str(ours), "--to", "safetensors",
+                                                  "--allow-loss", "train_state", "--overwrite", *flags])
+            results[f"ckpt-core hf{label}"] = timed([cli, "--quiet", "convert", str(src), str(hf), "--to", "hf",
+                                                     "--option", f"params={json.dumps(HEADS)}", "--allow-loss",
+                                                     "train_state", "--allow-loss", "trainable", "--overwrite", *flags])
         results["start-up"] = summarize([run([cli, "--help"], env) for _ in range(3)])
-        results["cp+sync"] = summarize([run(["sh", "-c", f"cp {ours} {copy} && sync"], env)])
+        results["cp+sync"] = timed(["sh", "-c", f"cp {ours} {copy} && sync"], ours)
         same = ckpt_core.diff(ours, theirs).identical and ckpt_core.diff(hf, theirs).identical
         report = {"size": human(size), "stage": args.stage, "world_size": args.world_size,
                   "source_bytes": tree_size(src), "largest_tensor": largest, "fp32_bytes": fp32_bytes, "identical": same,
