@@ -15,8 +15,9 @@ the end included. After every kill:
   checkpoint: ``detect`` / ``load`` of the parent directory, ``ls`` / ``latest`` of a run;
 - a normal run to the same destination then succeeds and removes those leftovers.
 
-Operations: ``ckpt-core convert`` to canonical, safetensors, mlx and nanogpt (a torch
-pickle), ``ckpt_core.save`` to a sharded safetensors directory (two shards written at once), ``--overwrite`` of a file
+Operations: ``ckpt-core convert`` to canonical, safetensors, mlx, nanogpt (a torch
+pickle), dcp and every other installed format (with each of its ``FormatSpec.write_options``
+where it needs options to take the source), ``ckpt_core.save`` to a sharded safetensors directory (two shards written at once), ``--overwrite`` of a file
 and of a directory, a new step saved into an MLX run directory, and ``ckpt-core prune``.
 
 A full disk (a 2 MB tmpfs where this process may mount one, and everywhere a write that
@@ -240,46 +241,58 @@ def assert_run_is_sound(run: Path) -> ckpt_core.RunEntry:
 
 # -- convert and save to a new destination ---------------------------------------------------
 
-# (operation, worker arguments before SRC DST, target format, destination name, kills, byte-exact)
+# (operation, worker arguments before SRC DST, target format, destination name, kills, byte-exact, writer options)
 CONVERTS = [
-    ("convert-canonical", ("cli", "convert"), "canonical", "out", 7, True),
-    ("convert-safetensors", ("cli", "convert"), "safetensors", "out.safetensors", 7, True),
-    ("convert-mlx", ("cli", "convert"), "mlx", "run", 6, True),
-    ("save-api-sharded", ("save",), "safetensors", "sharded", 7, True),
+    ("convert-canonical", ("cli", "convert"), "canonical", "out", 7, True, {}),
+    ("convert-safetensors", ("cli", "convert"), "safetensors", "out.safetensors", 7, True, {}),
+    ("convert-mlx", ("cli", "convert"), "mlx", "run", 6, True, {}),
+    ("save-api-sharded", ("save",), "safetensors", "sharded", 7, True, {}),
     # torch's zip writer is not byte-stable; torch is imported before ``ready`` (start-up, not the write)
-    ("convert-nanogpt", ("--import-torch", "cli", "convert"), "nanogpt", "ckpt.pt", 3, False),
-    ("convert-dcp", ("--import-torch", "cli", "convert"), "dcp", "step-1", 3, False),
+    ("convert-nanogpt", ("--import-torch", "cli", "convert"), "nanogpt", "ckpt.pt", 3, False, {}),
+    ("convert-dcp", ("--import-torch", "cli", "convert"), "dcp", "step-1", 3, False, {}),
 ]
-# every other installed format that holds the source (a new plugin's): its own writer, compared by content
-CONVERTS += [(f"convert-{fmt}", ("cli", "convert"), fmt, "out", 3, False) for fmt in cases.new_formats()
+# every other installed format that holds the source (a new plugin's): its own writer, compared by content;
+# a writer that needs options to take it (``FormatSpec.write_options``) once with each set
+CONVERTS += [(f"convert-{fmt}", ("cli", "convert"), fmt, "out", 3, False, {}) for fmt in cases.new_formats()
              if registry().spec(fmt).holds_family("gpt")]
+CONVERTS += [(f"convert-{fmt}[{','.join(f'{k}={v}' for k, v in options.items())}]", ("cli", "convert"), fmt, "out", 3,
+              False, options) for fmt, spec in sorted(registry().formats.items()) if spec.holds_family("gpt")
+             for options in spec.write_options]
 SHARDED = {"options": {"max_shard_size": "8MB"}, "workers": 2}  # shards written two at once (``pool``)
 
 
-def worker_args(prefix: tuple[str, ...], src: Path, dst: Path, target: str) -> list[str]:
+def worker_args(prefix: tuple[str, ...], src: Path, dst: Path, target: str, options: dict) -> list[str]:
     if prefix == ("save",):
         return ["save", str(src), str(dst), target, json.dumps(SHARDED)]
-    return [*prefix, str(src), str(dst), "--to", target, "--quiet"]
+    flags = [f for k, v in options.items() for f in ("--option", f"{k}={json.dumps(v)}")]
+    return [*prefix, str(src), str(dst), "--to", target, *flags, "--quiet"]
 
 
-@pytest.mark.parametrize("operation, prefix, target, name, kills, exact", CONVERTS, ids=[c[0] for c in CONVERTS])
+@pytest.mark.parametrize("operation, prefix, target, name, kills, exact, options", CONVERTS, ids=[c[0] for c in CONVERTS])
 def test_crash_convert_or_save_killed_at_random_instants(tmp_path, sources, kill_log, operation, prefix, target,
-                                                         name, kills, exact):
+                                                         name, kills, exact, options):
     """A new destination, killed while written: absent or complete, never partial or read."""
-    src = sources["new"]
+    landed = kill_while_writing(tmp_path, sources["new"], operation, prefix, target, name, kills, exact, options)
+    record(kill_log, operation, landed)
+
+
+def kill_while_writing(tmp_path: Path, src: Path, operation: str, prefix: tuple[str, ...], target: str, name: str,
+                       kills: int, exact: bool, options: dict) -> list[bool]:
+    """Write ``src`` to a new destination ``name`` uninterrupted, then ``kills`` times killed
+    at random instants, checking each outcome; whether each kill landed before the exit."""
     before = digests(src)
     ref = tmp_path / "ref" / name
     ref.parent.mkdir()
-    duration = measure(*worker_args(prefix, src, ref, target))
+    duration = measure(*worker_args(prefix, src, ref, target, options))
     expected, expected_files = ckpt_core.load(ref), digests(ref)
-    again = {"overwrite": True, **(SHARDED if prefix == ("save",) else {})}
+    again = {"overwrite": True, **(SHARDED if prefix == ("save",) else {"options": options})}
 
     landed, outcomes = [], {"absent": 0, "complete": 0, "temporary left": 0}
     for i, delay in enumerate(kill_instants(kills, operation, duration)):
         work = tmp_path / f"kill{i}"
         work.mkdir()
         dst = work / name
-        pid, killed = run_and_kill(delay, *worker_args(prefix, src, dst, target))
+        pid, killed = run_and_kill(delay, *worker_args(prefix, src, dst, target, options))
         landed.append(killed)
         outcomes["temporary left"] += bool(hidden(work))
         assert digests(src) == before, "the source was modified"
@@ -301,8 +314,8 @@ def test_crash_convert_or_save_killed_at_random_instants(tmp_path, sources, kill
             assert digests(dst) == expected_files
         else:
             assert not differences(ckpt_core.load(dst), expected)
-    record(kill_log, operation, landed)
     print(f"{operation}: {kills} kills over {duration:.3f}s, {sum(landed)} before exit; left {outcomes}")
+    return landed
 
 
 # -- overwrite ---------------------------------------------------------------------------------

@@ -256,6 +256,9 @@ class FormatSpec:
       (DeepSpeed: Adam moments for every trainable parameter), so it refuses most drawn
       checkpoints: the generic round-trip properties (every pair, the conformance
       suite's Hypothesis test) skip it, and the plugin's own tests prove its writes.
+    - ``write_options``: option sets with which such a writer takes any checkpoint it holds,
+      each a layout of its own (DeepSpeed: a fresh optimizer state, at ZeRO-3 and in the
+      universal layout); the crash suite writes each.
     """
 
     name: str
@@ -268,6 +271,7 @@ class FormatSpec:
     run_dirs: bool = False
     extra_of: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
     writes_any: bool = True
+    write_options: tuple[dict[str, Any], ...] = ()
 
     def holds_family(self, family: str) -> bool:
         return "*" in self.families or family in self.families

@@ -37,6 +37,7 @@ SPEC = FormatSpec(
                           "hyper-parameters) or a mapping of AdamW hyper-parameters ({lr: 0.01, weight_decay: 0.1})"},
     run_dirs=True,
     writes_any=False,
+    write_options=({"optimizer": "fresh", "stage": 3}, {"optimizer": "fresh", "universal": True}),
 )
 
 

@@ -26,6 +26,8 @@ source's stage; ckpt-core writes both names, so that its output loads at any sta
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,33 +50,40 @@ def is_universal(folder: Path) -> bool:
     return (folder / ZERO / GLOBAL_STATE).is_file()
 
 
-def write(folder: Path, tensors: dict[str, Tensor], groups: list[list[str]], opt: OptimizerState,
-          global_state: dict) -> None:
-    """The ``zero/`` folder: ``tensors`` (trainable ones: every name in ``groups``) with
-    their moments and step, the others as ``fp32.pt`` alone; ``global_state`` the loss
-    scaler and other scalars, in ``optimizer_state.pt``."""
+def jobs(folder: Path, tensors: dict[str, Tensor], groups: list[list[str]], opt: OptimizerState,
+         global_state: dict) -> list[Callable[[], None]]:
+    """The ``zero/`` folder's writes, one ``pool.run`` job per parameter folder: ``tensors``
+    (trainable ones: every name in ``groups``) with their moments and step, the others as
+    ``fp32.pt`` alone; and ``optimizer_state.pt``, ``global_state`` (the loss scaler and
+    other scalars) with the hyper-parameters."""
     zero_dir = folder / ZERO
     zero_dir.mkdir()
     trainable = {n for g in groups for n in g}
-    for name, t in tensors.items():
-        where = zero_dir / name
-        where.mkdir()
-        if name not in trainable:
-            torchfile.save({"param": t}, where / "fp32.pt")  # as it is: no optimizer keeps a master copy
-            continue
-        slots = opt.param_state[name]
-        torchfile.save({"cat_dim": 0, "param": zero.widened(t)}, where / "fp32.pt")
-        for key in zero.MOMENTS:
-            torchfile.save({"cat_dim": 0, "param": zero.widened(slots[key])}, where / f"{key}.pt")
-        torchfile.save(_step(slots), where / "step.pt")
+    out = [partial(_write_param, zero_dir / name, t, opt.param_state[name] if name in trainable else None)
+           for name, t in tensors.items()]
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.groups]
     first = opt.param_state[groups[0][0]] if groups and groups[0] else {}
-    torchfile.save({
+    out.append(partial(torchfile.save, {
         **global_state,
         "param_groups": [{**h, "params": [i]} for i, h in enumerate(hyper)],
         "optimizer_state_dict": {"state": {0: {"step": _step(first)}},
                                  "param_groups": [{**h, "params": [i]} for i, h in enumerate(hyper)]},
-    }, zero_dir / GLOBAL_STATE)
+    }, zero_dir / GLOBAL_STATE))
+    return out
+
+
+def _write_param(where: Path, t: Tensor, slots: dict | None) -> None:
+    """One parameter's folder: its fp32 master weight, moments and step (``slots``), or, for
+    a frozen parameter or a buffer (no ``slots``), the tensor as it is (no optimizer keeps a
+    master copy)."""
+    where.mkdir()
+    if slots is None:
+        torchfile.save({"param": t}, where / "fp32.pt")
+        return
+    torchfile.save({"cat_dim": 0, "param": zero.widened(t)}, where / "fp32.pt")
+    for key in zero.MOMENTS:
+        torchfile.save({"cat_dim": 0, "param": zero.widened(slots[key])}, where / f"{key}.pt")
+    torchfile.save(_step(slots), where / "step.pt")
 
 
 def _step(slots: dict) -> Tensor:

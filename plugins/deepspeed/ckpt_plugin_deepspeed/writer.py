@@ -18,6 +18,10 @@ out its own:
 DeepSpeed's classes in the pickles (``ZeroStageEnum``, ``LossScaler``,
 ``fragment_address``) are written by name, never imported.
 
+Each file is one ``pool.run`` job (``--workers``): every rank's optimizer file, the model
+states (ZeRO-3: every rank's), in the universal layout every parameter's folder; ``latest``
+is written after them all.
+
 Trainable parameters and their order come from the optimizer state's groups (those with
 state: torch's optimizer lists frozen ones too). A checkpoint without Adam moments for
 every one of them is refused unless ``optimizer=fresh`` (or a mapping of AdamW
@@ -28,11 +32,12 @@ torch's AdamW treats a parameter it has not stepped yet.
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
-from ckpt_core import dtypes, torchfile
+from ckpt_core import dtypes, pool, torchfile
 from ckpt_core.errors import LossyConversion, UsageError
 from ckpt_core.model import Checkpoint, OptimizerState, TrainState
 from ckpt_core.tensor import Tensor
@@ -85,24 +90,33 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
     trainable = {n for g in groups for n in g}
     prefix = "bf16_" if dtype == "bf16" else ""
     if as_universal:
-        universal.write(folder, ck.tensors, groups, opt, _global_state(opt.extra, stage))
+        jobs = universal.jobs(folder, ck.tensors, groups, opt, _global_state(opt.extra, stage))
         states = _model_states(ck, groups, trainable, 1, dtype, stage, facts)
-        for name in universal.MODEL_STATES:  # ZeRO-1/2 engines read the first, ZeRO-3 ones the second
-            torchfile.save({**states, "dp_world_size": world, "universal_checkpoint_info": universal.VERSION}, folder / name)
-        (path / universal.LATEST).write_text(tag)
+        states |= {"dp_world_size": world, "universal_checkpoint_info": universal.VERSION}
+        # ZeRO-1/2 engines read the first name, ZeRO-3 ones the second
+        jobs += [partial(torchfile.save, states, folder / name) for name in universal.MODEL_STATES]
     elif stage == 3:
         sub_groups, owners = _sub_groups(ck, groups, world, ts.config)
-        for rank in range(world):
-            torchfile.save(_zero3_optimizer_file(ck, sub_groups, owners, world, rank),
-                           folder / f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
-            torchfile.save(_model_states(ck, sub_groups, trainable, world, dtype, stage, facts, rank),
-                           folder / layout.ZERO3_STATES.format(r=rank))
+        jobs = [job for rank in range(world) for job in (
+            partial(_save, folder / f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", _zero3_optimizer_file,
+                    ck, sub_groups, owners, world, rank),
+            partial(_save, folder / layout.ZERO3_STATES.format(r=rank), _model_states, ck, sub_groups, trainable, world,
+                    dtype, stage, facts, rank))]
     else:
-        for rank in range(world):
-            torchfile.save(_optimizer_file(ck, groups, world, rank, stage),
-                           folder / f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
-        torchfile.save(_model_states(ck, groups, trainable, world, dtype, stage, facts), folder / layout.MODEL_STATES)
+        jobs = [partial(_save, folder / f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", _optimizer_file, ck,
+                        groups, world, rank, stage) for rank in range(world)]
+        jobs.append(partial(_save, folder / layout.MODEL_STATES, _model_states, ck, groups, trainable, world, dtype,
+                            stage, facts))
+    pool.run(jobs)
+    if as_universal:
+        (path / universal.LATEST).write_text(tag)
     (path / layout.LATEST).write_text(tag)
+
+
+def _save(path: Path, build, *args) -> None:
+    """Write what ``build(*args)`` makes to ``path``: one file's job, built in the job, so a
+    worker holds one rank's state at a time."""
+    torchfile.save(build(*args), path)
 
 
 def _flag(options: dict, key: str) -> bool:
