@@ -83,6 +83,8 @@ def write(ck: Checkpoint, path: Path, options: dict[str, Any]) -> None:
         if odd:
             raise LossyConversion(f"{name} is {odd[0]}, and DeepSpeed keeps fp32 master weights and moments: pass "
                                   f"--cast {odd[0]}=F32 to round it. Nothing was written.")
+    if stage in (1, 2) and not as_universal:
+        _check_partitions(ck, groups, world)
     tag = facts.get("tag") or f"global_step{ts.step if ts.step is not None else 0}"
     folder = path / tag
     path.mkdir()
@@ -217,6 +219,18 @@ def _layout(numels: list[int], world: int) -> tuple[int, int]:
     align = 2 * world
     padded = align * math.ceil(total / align)
     return padded // world, padded - total
+
+
+def _check_partitions(ck: Checkpoint, groups: list[list[str]], world: int) -> None:
+    """UsageError where a group is too small for ``world`` ranks: ZeRO-1/2 pad the last rank
+    alone, so every other rank must be full and the last hold part of the group."""
+    for names in groups:
+        total = sum(ck.tensors[n].numel for n in names)
+        size, pad = _layout([ck.tensors[n].numel for n in names], world)
+        if names and pad >= size:
+            raise UsageError(f"--option world_size={world}: a parameter group of {total} elements leaves rank "
+                             f"{world - 1} nothing but padding at ZeRO-1/2 (DeepSpeed pads the last rank alone); use fewer ranks "
+                             "or --option stage=3. Nothing was written.")
 
 
 def _partition(tensors: list[Tensor], world: int, rank: int, keep_padding: bool) -> Tensor:

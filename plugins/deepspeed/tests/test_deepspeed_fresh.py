@@ -53,6 +53,20 @@ def test_hf_without_optimizer_state_is_refused_naming_the_option(llama_dir, tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_more_ranks_than_a_zero2_group_can_fill_are_refused(llama_dir, tmp_path):
+    """ZeRO-1/2 pad the last rank alone: a world size that leaves it only padding (a tiny
+    model on many ranks) is a usage error naming the way out; ZeRO-3 takes it."""
+    fresh = {"optimizer": "fresh", "stage": 2}
+    ckpt_core.convert(llama_dir, tmp_path / "fits", "deepspeed", {**fresh, "world_size": 64}, allow_loss=["extra"])
+    # 100288 elements on 60000 ranks: 2 per rank, 19712 of padding for the last one
+    with pytest.raises(ckpt_core.UsageError, match=r"world_size=60000: a parameter group of \d+ elements leaves rank "
+                                                   r"59999 nothing but padding .* or --option stage=3"):
+        ckpt_core.convert(llama_dir, tmp_path / "out", "deepspeed", {**fresh, "world_size": 60000}, allow_loss=["extra"])
+    assert not (tmp_path / "out").exists()
+    ckpt_core.convert(llama_dir, tmp_path / "zero3", "deepspeed", {**fresh, "stage": 3, "world_size": 300},
+                      allow_loss=["extra"])
+
+
 def test_engine_resumes_from_hf_as_it_trains_from_hf(trained, llama_dir):
     """Zero moments at step 0 are what the engine has before its first step: the run from
     the written checkpoint takes the HF run's losses, bit for bit."""
